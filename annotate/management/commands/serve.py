@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from workers.models import ModelConfig
+
+
+class Command(BaseCommand):
+    help = (
+        "Start the web server (uvicorn, ASGI) and a Celery generation worker together; Ctrl-C stops both. "
+        "Uses whatever DATABASE_URL and CELERY_BROKER_URL say (SQLite and a filesystem broker by default)."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--concurrency", type=int, default=2, help="Worker processes (each loads the model)")
+        parser.add_argument("--no-worker", action="store_true", help="Only the web server")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        env = dict(os.environ)
+        if not env.get("WORKER_PRELOAD_MODELS"):
+            names = ModelConfig.objects.filter(enabled=True, backend=ModelConfig.Backend.TRANSFORMERS)
+            env["WORKER_PRELOAD_MODELS"] = ",".join(names.values_list("name", flat=True))
+        commands = [
+            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", options["host"],
+             "--port", str(options["port"]), "--no-access-log"],
+        ]
+        if not options["no_worker"]:
+            commands.append(
+                [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "generation",
+                 "-c", str(options["concurrency"]), "--loglevel", "INFO", "-n", "generation@%h"]
+            )
+        processes = [subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for cmd in commands]
+        self.stdout.write(self.style.SUCCESS(f"Common Ground on http://{options['host']}:{options['port']}/  (Ctrl-C stops)"))
+        stopping = False
+
+        def stop(*_: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            while not stopping and all(p.poll() is None for p in processes):
+                time.sleep(0.3)
+        finally:
+            for p in processes:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            for p in processes:
+                try:
+                    p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        failed = [p.args[2] for p in processes if p.returncode not in (0, -signal.SIGTERM, None) and not stopping]
+        if failed:
+            self.stderr.write(f"Stopped because a process exited: {', '.join(failed)}")
+            sys.exit(1)

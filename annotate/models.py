@@ -1,0 +1,182 @@
+"""Studies, scenarios, conversations as trees of turns, and the rater's comparisons."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Study(models.Model):
+    """What a rater is asked to do, with which models, and how the data is collected."""
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=80, unique=True)
+    instructions = models.TextField(blank=True)
+    model_pool = models.ManyToManyField("workers.ModelConfig", related_name="studies")
+    candidates_per_turn = models.PositiveSmallIntegerField(default=2, help_text="K candidates per turn.")
+    max_user_turns = models.PositiveSmallIntegerField(default=10, help_text="Turn limit per conversation.")
+    max_message_chars = models.PositiveIntegerField(default=2000)
+    tags_required_before_vote = models.BooleanField(default=False)
+    overlap = models.PositiveSmallIntegerField(default=1, help_text="Raters per scenario.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "studies"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Scenario(models.Model):
+    """What the rater plays: a visible brief and a hidden intent the model must discover."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="scenarios")
+    external_id = models.CharField(max_length=100, help_text="Stable id from the import file.")
+    title = models.CharField(max_length=200)
+    brief = models.TextField(help_text="Shown to the rater.")
+    hidden_intent = models.TextField(
+        blank=True, help_text="Shown to the rater only: what they really want, revealed only when asked."
+    )
+    opening_message = models.TextField(blank=True, help_text="Suggested first message.")
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study", "external_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "external_id"], name="scenario_unique_external_id")
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Conversation(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        COMPLETED = "completed"
+        ABANDONED = "abandoned"
+
+    class Goal(models.TextChoices):
+        YES = "yes"
+        PARTLY = "partly"
+        NO = "no"
+
+    study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="conversations")
+    scenario = models.ForeignKey(Scenario, on_delete=models.PROTECT, related_name="conversations")
+    rater = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="conversations")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
+    # The tip of the lived path: the last user turn, or the continuation chosen after it.
+    head = models.ForeignKey("Turn", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    outcome_goal = models.CharField(max_length=10, choices=Goal.choices, blank=True)
+    outcome_understanding = models.PositiveSmallIntegerField(null=True, blank=True)
+    outcome_comment = models.TextField(blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["rater", "status"])]
+
+    def __str__(self) -> str:
+        return f"Conversation {self.pk} ({self.scenario})"
+
+
+class Turn(models.Model):
+    """A node of the conversation tree. The chain of chosen turns is the conversation as lived."""
+
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        STREAMING = "streaming"
+        DONE = "done"
+        FAILED = "failed"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    depth = models.PositiveSmallIntegerField(help_text="Position on the path, from 0.")
+    position = models.PositiveSmallIntegerField(default=0, help_text="Candidate slot (0 = A) among siblings.")
+    text = models.TextField(blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DONE)
+    error = models.TextField(blank=True)
+    model_config = models.ForeignKey(
+        "workers.ModelConfig", null=True, blank=True, on_delete=models.PROTECT, related_name="turns"
+    )
+    params = models.JSONField(default=dict, blank=True, help_text="Generation parameters as used.")
+    system_prompt = models.TextField(blank=True, help_text="System prompt as used.")
+    seed = models.BigIntegerField(null=True, blank=True)
+    is_rewrite = models.BooleanField(default=False)
+    rewrite_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="rewrites")
+    client_key = models.UUIDField(null=True, blank=True, unique=True, help_text="Idempotency key of a user POST.")
+    attempt = models.PositiveSmallIntegerField(default=0, help_text="How many times a worker claimed it.")
+    claimed_by = models.CharField(max_length=200, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last token written by the worker.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["depth", "position", "id"]
+        indexes = [models.Index(fields=["conversation", "depth"])]
+
+    def __str__(self) -> str:
+        return f"{self.role} turn {self.pk}"
+
+    @property
+    def label(self) -> str:
+        return chr(ord("A") + self.position)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {self.Status.DONE, self.Status.FAILED}
+
+
+class Comparison(models.Model):
+    """A rater's judgement of the candidates answering one user turn."""
+
+    class Choice(models.TextChoices):
+        CANDIDATE = "candidate", "One candidate is better"
+        TIE = "tie", "Tie"
+        ALL_BAD = "all_bad", "All bad"
+
+    class Strength(models.TextChoices):
+        SLIGHT = "slight"
+        CLEAR = "clear"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="comparisons")
+    parent = models.OneToOneField(Turn, on_delete=models.CASCADE, related_name="comparison")
+    choice = models.CharField(max_length=10, choices=Choice.choices)
+    chosen = models.ForeignKey(Turn, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    continued_from = models.ForeignKey(
+        Turn, on_delete=models.CASCADE, related_name="+", help_text="The turn that joined the lived path."
+    )
+    strength = models.CharField(max_length=10, choices=Strength.choices, blank=True)
+    reason = models.TextField(blank=True)
+    decision_ms = models.PositiveIntegerField(null=True, blank=True)
+    rater = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="comparisons")
+    idempotency_key = models.UUIDField(default=uuid.uuid4, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(choice="candidate", chosen__isnull=False) | ~Q(choice="candidate"),
+                name="comparison_candidate_needs_chosen",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Comparison {self.pk} ({self.choice})"

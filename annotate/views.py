@@ -1,0 +1,249 @@
+"""Rater-facing views. Thin: parse the request, call a service, render a page or fragment.
+
+htmx requests get the ``#session`` fragment back (or, on a refused action, an error fragment
+retargeted to ``#errors`` with a 4xx status); plain form posts get a redirect or the full page,
+so the session also works without JavaScript (minus live streaming).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from annotate import selectors, services
+from annotate.models import Comparison, Conversation, Study, Turn
+from annotate.services import ActionRefused
+
+
+def _conversation_for(request: HttpRequest, pk: int) -> Conversation:
+    """The rater's own conversation, or 404 for anyone else's (no hint that it exists)."""
+    return get_object_or_404(Conversation.objects.select_related("study", "scenario", "head"), pk=pk, rater=request.user)
+
+
+def _uuid(value: str | None) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except (TypeError, ValueError):
+        raise ActionRefused("The form is missing its request key; reload the page and try again.") from None
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except ValueError:
+        raise ActionRefused(f"Expected a number, got {value[:20]!r}.") from None
+
+
+def _session_context(conversation: Conversation, error: str = "") -> dict[str, Any]:
+    path = selectors.lived_path(conversation)
+    awaiting = selectors.awaiting_vote(conversation)
+    candidates = selectors.candidates_of(awaiting) if awaiting else []
+    user_turns = sum(1 for t in path if t.role == Turn.Role.USER)
+    return {
+        "conversation": conversation,
+        "study": conversation.study,
+        "scenario": conversation.scenario,
+        "path": path,
+        "awaiting": awaiting,
+        "candidates": candidates,
+        "streaming": any(not c.is_finished for c in candidates),
+        "all_done": bool(candidates) and all(c.status == Turn.Status.DONE for c in candidates),
+        "user_turns": user_turns,
+        "turns_left": max(conversation.study.max_user_turns - user_turns, 0),
+        "request_key": uuid.uuid4(),
+        "error": error,
+        "goal_choices": Conversation.Goal.choices,
+    }
+
+
+def _respond(request: HttpRequest, conversation: Conversation) -> HttpResponse:
+    """After a successful action: the fresh fragment for htmx, a redirect for a plain form."""
+    if request.htmx:
+        conversation.refresh_from_db()
+        return render(request, "annotate/_session.html", _session_context(conversation))
+    return redirect("annotate:conversation", pk=conversation.pk)
+
+
+def _refused(request: HttpRequest, conversation: Conversation | None, exc: ActionRefused) -> HttpResponse:
+    if request.htmx or conversation is None:
+        response = render(request, "annotate/_error.html", {"error": exc.message}, status=exc.status)
+        response["HX-Retarget"] = "#errors"
+        response["HX-Reswap"] = "innerHTML"
+        return response
+    conversation.refresh_from_db()
+    context = _session_context(conversation, error=exc.message)
+    return render(request, "annotate/conversation.html", context, status=exc.status)
+
+
+@login_required
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "annotate/home.html",
+        {"studies": selectors.open_studies(), "conversations": selectors.rater_conversations(request.user)[:100]},
+    )
+
+
+@login_required
+@require_POST
+def study_start(request: HttpRequest, slug: str) -> HttpResponse:
+    study = get_object_or_404(Study, slug=slug, is_active=True)
+    try:
+        conversation = services.conversation_start(study=study, rater=request.user)
+    except ActionRefused as exc:
+        return render(request, "annotate/error_page.html", {"error": exc.message}, status=exc.status)
+    return redirect("annotate:conversation", pk=conversation.pk)
+
+
+@login_required
+@require_GET
+def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    conversation = _conversation_for(request, pk)
+    if conversation.status != Conversation.Status.ACTIVE:
+        return redirect("annotate:transcript", pk=pk)
+    template = "annotate/_session.html" if request.htmx else "annotate/conversation.html"
+    return render(request, template, _session_context(conversation))
+
+
+@login_required
+@require_POST
+def message_send(request: HttpRequest, pk: int) -> HttpResponse:
+    conversation = _conversation_for(request, pk)
+    try:
+        services.message_send(
+            conversation=conversation,
+            text=request.POST.get("text", ""),
+            client_key=_uuid(request.POST.get("client_key")),
+        )
+    except ActionRefused as exc:
+        return _refused(request, conversation, exc)
+    return _respond(request, conversation)
+
+
+@login_required
+@require_POST
+def vote(request: HttpRequest, pk: int) -> HttpResponse:
+    conversation = _conversation_for(request, pk)
+    post = request.POST
+    choice = post.get("choice", "")
+    chosen_id = None
+    if choice.isdigit():  # the form sends a candidate's id for "this one is better"
+        chosen_id, choice = int(choice), Comparison.Choice.CANDIDATE
+    try:
+        services.comparison_record(
+            conversation=conversation,
+            rater=request.user,
+            parent_id=_int_or_none(post.get("parent")) or 0,
+            choice=choice,
+            chosen_id=chosen_id,
+            strength=post.get("strength", ""),
+            reason=post.get("reason", ""),
+            rewrite_text=post.get("rewrite", "") if post.get("use_rewrite") else "",
+            idempotency_key=_uuid(post.get("idempotency_key")),
+        )
+    except ActionRefused as exc:
+        return _refused(request, conversation, exc)
+    return _respond(request, conversation)
+
+
+@login_required
+@require_POST
+def turn_retry(request: HttpRequest, pk: int, turn_id: int) -> HttpResponse:
+    conversation = _conversation_for(request, pk)
+    try:
+        services.turn_retry(conversation=conversation, turn_id=turn_id)
+    except ActionRefused as exc:
+        return _refused(request, conversation, exc)
+    return _respond(request, conversation)
+
+
+@login_required
+@require_POST
+def conversation_finish(request: HttpRequest, pk: int) -> HttpResponse:
+    conversation = _conversation_for(request, pk)
+    try:
+        services.conversation_finish(
+            conversation=conversation,
+            goal=request.POST.get("goal", ""),
+            understanding=request.POST.get("understanding"),
+            comment=request.POST.get("comment", ""),
+        )
+    except ActionRefused as exc:
+        return _refused(request, conversation, exc)
+    if request.htmx:
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = reverse("annotate:transcript", kwargs={"pk": conversation.pk})
+        return response
+    return redirect("annotate:transcript", pk=conversation.pk)
+
+
+@login_required
+@require_GET
+def transcript(request: HttpRequest, pk: int) -> HttpResponse:
+    conversation = _conversation_for(request, pk)
+    return render(
+        request,
+        "annotate/transcript.html",
+        {"conversation": conversation, "steps": selectors.transcript(conversation)},
+    )
+
+
+# --- streaming ---------------------------------------------------------------------------
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def _turn_events(turn_ids: list[int]) -> AsyncIterator[bytes]:
+    """Poll the candidates' rows and send each change, until all are finished.
+
+    Workers write every token to the row, so polling the row is the one mechanism that works
+    with every database and broker (SQLite + filesystem, PostgreSQL + Redis, many hosts).
+    """
+    sent: dict[int, tuple[str, str]] = {}
+    deadline = time.monotonic() + settings.STREAM_MAX_SECONDS
+    yield b"retry: 1000\n\n"
+    while time.monotonic() < deadline:
+        finished = 0
+        async for row in Turn.objects.filter(pk__in=turn_ids).values("id", "text", "status", "error", "heartbeat_at"):
+            state = (row["status"], row["text"])
+            if sent.get(row["id"]) != state:
+                sent[row["id"]] = state
+                stamp = row["heartbeat_at"].timestamp() if row["heartbeat_at"] else None
+                yield _sse(
+                    "turn",
+                    {"id": row["id"], "status": row["status"], "text": row["text"], "error": row["error"], "t": stamp},
+                )
+            finished += row["status"] in (Turn.Status.DONE, Turn.Status.FAILED)
+        if finished == len(turn_ids):
+            yield _sse("end", {})
+            return
+        await asyncio.sleep(settings.STREAM_POLL_SECONDS)
+
+
+@login_required
+async def stream(request: HttpRequest, pk: int) -> HttpResponse:
+    """Server-sent events with the text of the candidates answering the latest user message."""
+    user = await request.auser()
+    conversation = await Conversation.objects.select_related("head").filter(pk=pk, rater_id=user.pk).afirst()
+    if conversation is None:
+        raise Http404("No such conversation")
+    awaiting = selectors.awaiting_vote(conversation)
+    turn_ids = [] if awaiting is None else [t.pk async for t in awaiting.children.filter(is_rewrite=False)]
+    response = StreamingHttpResponse(_turn_events(turn_ids), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response

@@ -1,0 +1,1 @@
+"""Taxonomies, tags, agreement and exports arrive with issues 3 and 4."""

@@ -1,0 +1,96 @@
+// Live rating session: token streaming (server-sent events) and keyboard shortcuts.
+// The page works without this file, minus live tokens and keys.
+(function () {
+  "use strict";
+  let source = null;
+
+  const STATE = { pending: "waiting for a worker…", streaming: "writing…", done: "", failed: "failed" };
+
+  function refreshSession() {
+    const session = document.getElementById("session");
+    if (session && window.htmx) {
+      htmx.ajax("GET", session.dataset.fragmentUrl, { target: "#session", swap: "outerHTML" });
+    }
+  }
+
+  function connectStream() {
+    const box = document.querySelector("[data-stream-url]");
+    if (source && (!box || source.url.indexOf(box.dataset.streamUrl) === -1)) {
+      source.close();
+      source = null;
+    }
+    if (!box || source) return;
+    source = new EventSource(box.dataset.streamUrl);
+    source.addEventListener("turn", function (event) {
+      const data = JSON.parse(event.data);
+      const card = document.getElementById("cand-" + data.id);
+      if (!card) return;
+      card.querySelector(".cand-text").textContent = data.text;
+      card.dataset.status = data.status;
+      card.querySelector(".state").textContent = STATE[data.status] || "";
+      card.querySelector(".cand-error").textContent = data.status === "failed" ? data.error : "";
+      // For bench/ and tests: when the browser showed the text the worker stamped at data.t.
+      window.cgLastToken = { id: data.id, t: data.t, shownAt: Date.now() / 1000, length: data.text.length };
+    });
+    source.addEventListener("end", function () {
+      source.close();
+      source = null;
+      refreshSession();
+    });
+  }
+
+  function typing(target) {
+    return target && (target.tagName === "TEXTAREA" || (target.tagName === "INPUT" && target.type === "text"));
+  }
+
+  function pick(form, value) {
+    const input = form.querySelector('input[name="choice"][value="' + value + '"]');
+    if (input && !input.disabled) input.checked = true;
+  }
+
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const message = document.getElementById("message");
+    if (event.target === message && event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      message.form.requestSubmit();
+      return;
+    }
+    if (typing(event.target)) return;
+    const form = document.getElementById("vote-form");
+    if (!form) return;
+    const key = event.key.toLowerCase();
+    if (/^[1-9]$/.test(key)) {
+      const card = form.querySelector('.candidate[data-index="' + key + '"] input[name="choice"]');
+      if (card) pick(form, card.value);
+    } else if (key === "t") {
+      pick(form, "tie");
+    } else if (key === "b") {
+      pick(form, "all_bad");
+    } else if (key === "s") {
+      const slight = form.querySelector('input[name="strength"][value="slight"]');
+      const clear = form.querySelector('input[name="strength"][value="clear"]');
+      (slight.checked ? clear : slight).checked = true;
+    } else if (key === "r") {
+      const details = form.querySelector("details.rewrite");
+      const chosen = form.querySelector('.candidate input[name="choice"]:checked');
+      details.open = true;
+      form.querySelector('input[name="use_rewrite"]').checked = true;
+      const area = form.querySelector('textarea[name="rewrite"]');
+      if (!area.value && chosen) area.value = chosen.closest(".candidate").querySelector(".cand-text").textContent.trim();
+      area.focus();
+      event.preventDefault();
+    } else if (key === "enter") {
+      const button = document.getElementById("vote-submit");
+      if (form.querySelector('input[name="choice"]:checked') && !button.closest("fieldset").disabled) {
+        event.preventDefault();
+        form.requestSubmit(button);
+      }
+    } else {
+      return;
+    }
+  });
+
+  document.addEventListener("DOMContentLoaded", connectStream);
+  document.addEventListener("htmx:afterSettle", connectStream);
+})();

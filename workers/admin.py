@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from workers.models import ModelConfig
+
+
+@admin.register(ModelConfig)
+class ModelConfigAdmin(admin.ModelAdmin):
+    list_display = ("name", "backend", "model_path", "prompt_format", "enabled")
+    list_filter = ("backend", "enabled")
+    search_fields = ("name", "model_path", "description")

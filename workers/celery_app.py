@@ -1,0 +1,41 @@
+"""The Celery app. Generation and (later) exports run on separate queues.
+
+Reliability settings follow one rule: a task is acknowledged only after it finished, and a
+redelivered task is harmless because every task claims its row with a conditional update.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("commonground")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    result_backend=None,
+    task_ignore_result=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_soft_time_limit=600,
+    task_time_limit=660,
+    task_default_queue="generation",
+    task_routes={"workers.tasks.sample_turn_task": {"queue": "generation"}},
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+app.autodiscover_tasks(["workers"])
+
+
+@worker_process_init.connect
+def _preload_models(**_: object) -> None:
+    """Load configured models once per worker process, before the first task arrives."""
+    from workers import backends
+
+    backends.preload_from_settings()

@@ -1,0 +1,73 @@
+"""Model configurations: which backend samples a candidate, with what prompt and decoding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import models
+
+# Generation parameters a config may set, with the defaults used when it does not.
+DEFAULT_PARAMS: dict[str, Any] = {
+    "temperature": 0.8,
+    "top_p": 0.95,
+    "max_new_tokens": 96,
+    "min_new_tokens": 0,
+    "repetition_penalty": 1.0,
+}
+
+
+class ModelConfig(models.Model):
+    """One entry of a study's model pool.
+
+    Two configs may share weights and differ only in system prompt or decoding: that is a
+    legitimate comparison (e.g. a "clarify first" policy against a plain one).
+    """
+
+    class Backend(models.TextChoices):
+        TRANSFORMERS = "transformers", "Hugging Face transformers (in the worker)"
+        OPENAI = "openai", "OpenAI-compatible server"
+
+    class PromptFormat(models.TextChoices):
+        AUTO = "auto", "Chat template if the model has one, else plain"
+        CHAT_TEMPLATE = "chat_template", "Chat template"
+        PLAIN = "plain", "Plain 'User:/Assistant:' transcript"
+
+    name = models.SlugField(max_length=80, unique=True)
+    description = models.CharField(max_length=300, blank=True)
+    backend = models.CharField(max_length=20, choices=Backend.choices, default=Backend.TRANSFORMERS)
+    model_path = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="transformers: a local directory, or 'gemma3-270m' for the bundled Gemma 3 270M "
+        "package. OpenAI: the model name sent to the server.",
+    )
+    gguf_file = models.CharField(max_length=200, blank=True, help_text="GGUF file inside model_path.")
+    base_url = models.URLField(blank=True, help_text="OpenAI-compatible server, e.g. http://host:8000/v1")
+    api_key_env = models.CharField(
+        max_length=100, blank=True, help_text="Name of the environment variable holding the API key."
+    )
+    prompt_format = models.CharField(max_length=20, choices=PromptFormat.choices, default=PromptFormat.AUTO)
+    system_prompt = models.TextField(blank=True)
+    params = models.JSONField(default=dict, blank=True, help_text=f"Overrides of {DEFAULT_PARAMS}")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        unknown = set(self.params or {}) - set(DEFAULT_PARAMS) - {"stop"}
+        if unknown:
+            raise ValidationError({"params": f"Unknown parameters: {', '.join(sorted(unknown))}"})
+        if self.backend == self.Backend.OPENAI and not self.base_url:
+            raise ValidationError({"base_url": "An OpenAI-compatible config needs a base URL."})
+        if self.backend == self.Backend.TRANSFORMERS and not self.model_path:
+            raise ValidationError({"model_path": "A transformers config needs a model path."})
+
+    def effective_params(self) -> dict[str, Any]:
+        """Defaults overlaid with this config's parameters: the snapshot stored on each turn."""
+        return {**DEFAULT_PARAMS, **(self.params or {})}

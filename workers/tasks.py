@@ -1,0 +1,19 @@
+"""Celery tasks: thin wrappers that take ids and call services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+
+from workers import services
+
+
+@shared_task(bind=True, name="workers.tasks.sample_turn_task", max_retries=20)
+def sample_turn_task(self: Any, turn_id: int) -> str:
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    outcome = services.turn_generate(turn_id=turn_id, redelivered=redelivered)
+    if outcome == "busy":  # another worker holds a live lease; it may yet die
+        raise self.retry(countdown=settings.TURN_LEASE_SECONDS)
+    return outcome
