@@ -48,7 +48,7 @@ def clean_text(text: str | None, *, limit: int, what: str = "message") -> str:
 
 
 def _locked(conversation: Conversation) -> Conversation:
-    locked = Conversation.objects.select_for_update().select_related("study", "head").get(pk=conversation.pk)
+    locked = Conversation.objects.select_for_update(of=("self",)).select_related("study", "head").get(pk=conversation.pk)
     if locked.status != Conversation.Status.ACTIVE:
         raise ActionRefused("This conversation has ended.", status=409)
     return locked
@@ -243,7 +243,7 @@ def conversation_finish(
     *, conversation: Conversation, goal: str, understanding: int | str | None, comment: str = ""
 ) -> Conversation:
     """End the session with the outcome survey. Finishing twice is harmless."""
-    current = Conversation.objects.select_for_update().select_related("head").get(pk=conversation.pk)
+    current = Conversation.objects.select_for_update(of=("self",)).select_related("head").get(pk=conversation.pk)
     if current.status == Conversation.Status.COMPLETED:
         return current
     if current.status != Conversation.Status.ACTIVE:
