@@ -108,7 +108,7 @@ def message_send(*, conversation: Conversation, text: str, client_key: uuid.UUID
         raise ActionRefused("Choose a reply before sending your next message.", status=409)
     if selectors.user_turn_count(conversation) >= study.max_user_turns:
         raise ActionRefused(
-            f"This study allows {study.max_user_turns} messages per conversation; please end it now.", status=409
+            f"This study allows {study.max_user_turns} message(s) per conversation; please end it now.", status=409
         )
     head = conversation.head
     depth = head.depth + 1 if head else 0
