@@ -38,7 +38,7 @@ migrations-check: install
 	$(PY) manage.py makemigrations --check --dry-run
 
 bench: install
-	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) $(PY) bench/turn_overhead.py
+	$(PY) bench/turn_overhead.py $(BENCH_ARGS)
 
 clean:
 	rm -rf var .pytest_cache

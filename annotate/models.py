@@ -48,9 +48,7 @@ class Scenario(models.Model):
 
     class Meta:
         ordering = ["study", "external_id"]
-        constraints = [
-            models.UniqueConstraint(fields=["study", "external_id"], name="scenario_unique_external_id")
-        ]
+        constraints = [models.UniqueConstraint(fields=["study", "external_id"], name="scenario_unique_external_id")]
 
     def __str__(self) -> str:
         return self.title

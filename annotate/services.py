@@ -48,7 +48,9 @@ def clean_text(text: str | None, *, limit: int, what: str = "message") -> str:
 
 
 def _locked(conversation: Conversation) -> Conversation:
-    locked = Conversation.objects.select_for_update(of=("self",)).select_related("study", "head").get(pk=conversation.pk)
+    locked = (
+        Conversation.objects.select_for_update(of=("self",)).select_related("study", "head").get(pk=conversation.pk)
+    )
     if locked.status != Conversation.Status.ACTIVE:
         raise ActionRefused("This conversation has ended.", status=409)
     return locked
@@ -140,7 +142,7 @@ def message_send(*, conversation: Conversation, text: str, client_key: uuid.UUID
 
 @transaction.atomic
 def turn_retry(*, conversation: Conversation, turn_id: int) -> Turn:
-    """Sample a failed candidate again (same config, parameters and seed)."""
+    """Sample a failed candidate again (same config and parameters, a new seed)."""
     conversation = _locked(conversation)
     awaiting = selectors.awaiting_vote(conversation)
     turn = Turn.objects.filter(pk=turn_id, conversation=conversation, role=Turn.Role.ASSISTANT).first()
@@ -150,7 +152,8 @@ def turn_retry(*, conversation: Conversation, turn_id: int) -> Turn:
         raise ActionRefused("Only a reply to your latest message can be retried.", status=409)
     if turn.status != Turn.Status.FAILED:
         return turn  # already retried, or never failed: nothing to do
-    Turn.objects.filter(pk=turn.pk).update(status=Turn.Status.PENDING, error="", text="")
+    # A fresh seed: the same one would reproduce an empty or degenerate reply.
+    Turn.objects.filter(pk=turn.pk).update(status=Turn.Status.PENDING, error="", text="", seed=secrets.randbelow(2**31))
     transaction.on_commit(lambda: _enqueue([turn.pk]))
     turn.refresh_from_db()
     return turn

@@ -28,7 +28,9 @@ from annotate.services import ActionRefused
 
 def _conversation_for(request: HttpRequest, pk: int) -> Conversation:
     """The rater's own conversation, or 404 for anyone else's (no hint that it exists)."""
-    return get_object_or_404(Conversation.objects.select_related("study", "scenario", "head"), pk=pk, rater=request.user)
+    return get_object_or_404(
+        Conversation.objects.select_related("study", "scenario", "head"), pk=pk, rater=request.user
+    )
 
 
 def _uuid(value: str | None) -> uuid.UUID:

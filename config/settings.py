@@ -136,7 +136,8 @@ WHITENOISE_USE_FINDERS = True
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
     # Redis: a message held by a worker that died is handed out again after this many seconds.
-    "visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", 300),
+    # Longer than the task time limit, so a live generation is never handed out twice.
+    "visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", 900),
 }
 if CELERY_BROKER_URL.startswith("filesystem"):
     _broker_dir = VAR_DIR / "broker"
@@ -156,12 +157,16 @@ CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
 # --- Generation ---------------------------------------------------------------------------
 # A streaming turn whose worker has written nothing for this long may be taken over.
 TURN_LEASE_SECONDS = envfloat("TURN_LEASE_SECONDS", 60.0)
+# A redelivered turn whose worker died this many times is marked failed instead of tried again.
+TURN_MAX_CRASHES = envint("TURN_MAX_CRASHES", 3)
 # How often the SSE view looks for new tokens.
 STREAM_POLL_SECONDS = envfloat("STREAM_POLL_SECONDS", 0.05)
 # How long one SSE connection stays open before the browser reconnects.
 STREAM_MAX_SECONDS = envfloat("STREAM_MAX_SECONDS", 600.0)
 # Where converted model weights are cached (GGUF → safetensors: ~75 s → ~5 s per load).
-MODEL_CACHE_DIR = Path(os.environ.get("MODEL_CACHE_DIR", VAR_DIR / "models"))
+# Shared by every checkout of the user, so a fresh clone does not convert again.
+_XDG_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+MODEL_CACHE_DIR = Path(os.environ.get("MODEL_CACHE_DIR") or _XDG_CACHE / "commonground" / "models")
 # Load these model configs (by name, comma separated) when a worker process starts.
 WORKER_PRELOAD_MODELS = os.environ.get("WORKER_PRELOAD_MODELS", "")
 # Threads per worker process: one each suits a small model with one process per core.

@@ -56,7 +56,11 @@ def make_study(make_config: Callable[..., ModelConfig]) -> Callable[..., Study]:
         study.model_pool.set(configs if configs is not None else [make_config(), make_config()])
         for i in range(scenarios):
             Scenario.objects.create(
-                study=study, external_id=f"sc-{i}", title=f"Scenario {i}", brief=f"Brief {i}", hidden_intent=f"Intent {i}"
+                study=study,
+                external_id=f"sc-{i}",
+                title=f"Scenario {i}",
+                brief=f"Brief {i}",
+                hidden_intent=f"Intent {i}",
             )
         return study
 
@@ -204,15 +208,37 @@ def start_worker(
 ) -> Iterator[Callable[..., ChildProcess]]:
     """Start real Celery workers on the test database; all are stopped after the test."""
     settings.CELERY_BROKER_URL = broker_url
+    from kombu import pools
+
     from workers.celery_app import app
 
+    # Publish through fresh connection pools bound to this broker URL.
     app.conf.broker_url = broker_url
+    pools.connections.clear()
+    pools.producers.clear()
+    app._pool = None
+    app.amqp._producer_pool = None
     started: list[ChildProcess] = []
 
     def start(concurrency: int = 1, preload: str = "", ready_timeout: float = 300, **env: str) -> ChildProcess:
-        argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "generation", "-c", str(concurrency),
-                "--loglevel", "INFO", "-n", f"test{len(started)}-{uuid.uuid4().hex[:4]}@%h", "--without-mingle",
-                "--without-gossip"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            "generation",
+            "-c",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "-n",
+            f"test{len(started)}-{uuid.uuid4().hex[:4]}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ]
         extra = {"CELERY_BROKER_URL": broker_url, "WORKER_PRELOAD_MODELS": preload, **env}
         child = ChildProcess("worker", argv, child_env(**extra), tmp_path)
         started.append(child)
@@ -222,7 +248,6 @@ def start_worker(
     yield start
     for child in started:
         child.stop()
-    app.pool.force_close_all()
 
 
 @pytest.fixture

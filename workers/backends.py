@@ -210,6 +210,8 @@ class _Streamer:
         if not self.seen_prompt:  # generate() first passes the prompt ids
             self.seen_prompt = True
             return
+        if self.lost:  # on_text asked to stop; generate() checks the flag a token late, so ignore it
+            return
         self.ids.extend(int(i) for i in value.reshape(-1).tolist())
         raw = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         visible, self.hit_stop = cut_at_stop(raw, self.stops)
@@ -250,7 +252,7 @@ class TransformersBackend:
 
         model, tokenizer = load_transformers(self.model_path, self.gguf_file)
         prompt, templated = self.build_prompt(tokenizer, request)
-        stops = list(request.params.get("stop") or []) + ([] if templated else list(PLAIN_STOPS))
+        stops = [s for s in request.params.get("stop") or [] if s] + ([] if templated else list(PLAIN_STOPS))
         inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
         streamer = _Streamer(tokenizer, on_text, stops)
 

@@ -38,7 +38,8 @@ def turn_claim(*, turn_id: int, redelivered: bool = False) -> int | None:
     now = timezone.now()
     stale = Q(heartbeat_at__lt=now - timedelta(seconds=settings.TURN_LEASE_SECONDS)) | Q(heartbeat_at__isnull=True)
     takeover = Q(status=Turn.Status.STREAMING) & (Q() if redelivered else stale)
-    claimable = Turn.objects.filter(pk=turn_id, role=Turn.Role.ASSISTANT).filter(Q(status=Turn.Status.PENDING) | takeover)
+    claimable = Turn.objects.filter(pk=turn_id, role=Turn.Role.ASSISTANT)
+    claimable = claimable.filter(Q(status=Turn.Status.PENDING) | takeover)
     updated = claimable.update(
         status=Turn.Status.STREAMING,
         attempt=F("attempt") + 1,
@@ -63,6 +64,14 @@ def turn_generate(*, turn_id: int, redelivered: bool = False) -> str:
         return "busy" if busy else "skipped"
     turn = Turn.objects.select_related("model_config").get(pk=turn_id)
     mine = Turn.objects.filter(pk=turn_id, attempt=attempt, status=Turn.Status.STREAMING)
+    if redelivered and attempt > settings.TURN_MAX_CRASHES:
+        # A message that kills its worker every time would otherwise be redelivered forever.
+        mine.update(
+            status=Turn.Status.FAILED,
+            error=f"The worker stopped {attempt - 1} times while writing this reply; retry, or tell the researcher.",
+            finished_at=timezone.now(),
+        )
+        return "failed"
     first_token_written = False
 
     def on_text(text: str) -> bool:
@@ -91,6 +100,9 @@ def turn_generate(*, turn_id: int, redelivered: bool = False) -> str:
         return "failed"
     if result.stopped_early:
         return "superseded"
+    if not result.text:
+        mine.update(status=Turn.Status.FAILED, error="The model returned an empty reply.", finished_at=timezone.now())
+        return "failed"
     finished = mine.update(
         status=Turn.Status.DONE,
         text=result.text,

@@ -33,7 +33,9 @@ def test_every_admin_changelist_and_add_page_renders(staff_client, make_conversa
 def test_admin_imports_scenarios_and_reports_bad_rows(staff_client, make_study):
     study = make_study(scenarios=0)
     url = reverse("admin:annotate_study_import_scenarios", args=[study.pk])
-    assert "Import scenarios" in staff_client.get(reverse("admin:annotate_study_change", args=[study.pk])).content.decode()
+    assert (
+        "Import scenarios" in staff_client.get(reverse("admin:annotate_study_change", args=[study.pk])).content.decode()
+    )
     good = SimpleUploadedFile("s.csv", b"id,title,brief,hidden_intent\nx,X,Brief X,intent\n")
     response = staff_client.post(url, {"file": good})
     assert response.status_code == 302

@@ -112,7 +112,8 @@ def test_double_vote_records_one_comparison(make_conversation):
     assert Comparison.objects.count() == 1
     with pytest.raises(ActionRefused, match="already chose") as refused:
         services.comparison_record(
-            choice="tie", **{**kwargs, "idempotency_key": uuid.uuid4()}  # a second, different vote
+            choice="tie",
+            **{**kwargs, "idempotency_key": uuid.uuid4()},  # a second, different vote
         )
     assert refused.value.status == 409
 
@@ -123,8 +124,12 @@ def test_vote_before_candidates_finish_is_refused(make_conversation):
     a = selectors.candidates_of(user_turn)[0]
     with pytest.raises(ActionRefused, match="Wait until every reply"):
         services.comparison_record(
-            conversation=conversation, rater=conversation.rater, parent_id=user_turn.pk,
-            choice="candidate", chosen_id=a.pk, idempotency_key=uuid.uuid4(),
+            conversation=conversation,
+            rater=conversation.rater,
+            parent_id=user_turn.pk,
+            choice="candidate",
+            chosen_id=a.pk,
+            idempotency_key=uuid.uuid4(),
         )
     assert not Comparison.objects.exists()
 
@@ -138,13 +143,20 @@ def test_vote_for_a_turn_outside_the_candidates_is_refused(make_conversation):
     foreign_candidate = finish_candidates(foreign)[0]
     with pytest.raises(ActionRefused, match="Pick one of the replies"):
         services.comparison_record(
-            conversation=conversation, rater=conversation.rater, parent_id=user_turn.pk,
-            choice="candidate", chosen_id=foreign_candidate.pk, idempotency_key=uuid.uuid4(),
+            conversation=conversation,
+            rater=conversation.rater,
+            parent_id=user_turn.pk,
+            choice="candidate",
+            chosen_id=foreign_candidate.pk,
+            idempotency_key=uuid.uuid4(),
         )
     with pytest.raises(ActionRefused, match="not waiting"):
         services.comparison_record(
-            conversation=conversation, rater=conversation.rater, parent_id=foreign.pk,
-            choice="tie", idempotency_key=uuid.uuid4(),
+            conversation=conversation,
+            rater=conversation.rater,
+            parent_id=foreign.pk,
+            choice="tie",
+            idempotency_key=uuid.uuid4(),
         )
     assert not Comparison.objects.exists()
 
@@ -154,8 +166,13 @@ def test_rewrite_joins_the_path_and_records_the_preference(make_conversation):
     user_turn = services.message_send(conversation=conversation, text="one")
     a, _ = finish_candidates(user_turn)
     comparison = services.comparison_record(
-        conversation=conversation, rater=conversation.rater, parent_id=user_turn.pk, choice="candidate",
-        chosen_id=a.pk, rewrite_text="Do you mean a birthday party?", idempotency_key=uuid.uuid4(),
+        conversation=conversation,
+        rater=conversation.rater,
+        parent_id=user_turn.pk,
+        choice="candidate",
+        chosen_id=a.pk,
+        rewrite_text="Do you mean a birthday party?",
+        idempotency_key=uuid.uuid4(),
     )
     rewrite = comparison.continued_from
     assert rewrite.is_rewrite and rewrite.rewrite_of_id == a.pk and rewrite.parent_id == user_turn.pk
@@ -173,8 +190,12 @@ def test_tie_and_all_bad_continue_from_first_candidate_without_strength(make_con
     user_turn = services.message_send(conversation=conversation, text="one")
     a, _ = finish_candidates(user_turn)
     comparison = services.comparison_record(
-        conversation=conversation, rater=conversation.rater, parent_id=user_turn.pk, choice="all_bad",
-        strength="clear", idempotency_key=uuid.uuid4(),
+        conversation=conversation,
+        rater=conversation.rater,
+        parent_id=user_turn.pk,
+        choice="all_bad",
+        strength="clear",
+        idempotency_key=uuid.uuid4(),
     )
     assert comparison.chosen is None and comparison.strength == "" and comparison.continued_from_id == a.pk
 
@@ -184,8 +205,12 @@ def test_prompt_is_the_whole_lived_path(make_conversation):
     first = services.message_send(conversation=conversation, text="one")
     _, b = finish_candidates(first, ("A1", "B1"))
     services.comparison_record(
-        conversation=conversation, rater=conversation.rater, parent_id=first.pk, choice="candidate",
-        chosen_id=b.pk, idempotency_key=uuid.uuid4(),
+        conversation=conversation,
+        rater=conversation.rater,
+        parent_id=first.pk,
+        choice="candidate",
+        chosen_id=b.pk,
+        idempotency_key=uuid.uuid4(),
     )
     second = services.message_send(conversation=conversation, text="two")
     candidate = selectors.candidates_of(second)[0]
@@ -202,8 +227,12 @@ def test_turn_limit(make_study, make_conversation):
     first = services.message_send(conversation=conversation, text="one")
     a, _ = finish_candidates(first)
     services.comparison_record(
-        conversation=conversation, rater=conversation.rater, parent_id=first.pk, choice="candidate",
-        chosen_id=a.pk, idempotency_key=uuid.uuid4(),
+        conversation=conversation,
+        rater=conversation.rater,
+        parent_id=first.pk,
+        choice="candidate",
+        chosen_id=a.pk,
+        idempotency_key=uuid.uuid4(),
     )
     with pytest.raises(ActionRefused, match=r"1 message\(s\) per conversation"):
         services.message_send(conversation=conversation, text="two")

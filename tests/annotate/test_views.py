@@ -48,8 +48,11 @@ def test_another_raters_conversation_is_404_everywhere(client, make_conversation
         assert client.get(reverse(f"annotate:{name}", args=[pk])).status_code == 404, name
     posts = {
         reverse("annotate:message_send", args=[pk]): {"text": "hi", "client_key": str(uuid.uuid4())},
-        reverse("annotate:vote", args=[pk]): {"parent": user_turn.pk, "choice": candidate.pk,
-                                              "idempotency_key": str(uuid.uuid4())},
+        reverse("annotate:vote", args=[pk]): {
+            "parent": user_turn.pk,
+            "choice": candidate.pk,
+            "idempotency_key": str(uuid.uuid4()),
+        },
         reverse("annotate:turn_retry", args=[pk, candidate.pk]): {},
         reverse("annotate:finish", args=[pk]): {"goal": "yes", "understanding": "5"},
     }
@@ -126,8 +129,13 @@ def test_vote_by_candidate_id_and_double_post(rater_client):
     page = rater_client.get(reverse("annotate:conversation", args=[conversation.pk]), **HTMX).content.decode()
     assert "data-stream-url" not in page and 'id="vote-submit"' in page
     key = re.search(r'name="idempotency_key" value="([^"]+)"', page).group(1)
-    data = {"parent": user_turn.pk, "choice": str(b.pk), "strength": "slight", "reason": "<b>asks</b>",
-            "idempotency_key": key}
+    data = {
+        "parent": user_turn.pk,
+        "choice": str(b.pk),
+        "strength": "slight",
+        "reason": "<b>asks</b>",
+        "idempotency_key": key,
+    }
     url = reverse("annotate:vote", args=[conversation.pk])
     first = rater_client.post(url, data, **HTMX)
     second = rater_client.post(url, data, **HTMX)
@@ -139,7 +147,12 @@ def test_vote_by_candidate_id_and_double_post(rater_client):
 
 @pytest.mark.parametrize(
     ("data", "status"),
-    [({"choice": "maybe"}, 400), ({"choice": "999999"}, 400), ({"parent": "abc"}, 400), ({"idempotency_key": "x"}, 400)],
+    [
+        ({"choice": "maybe"}, 400),
+        ({"choice": "999999"}, 400),
+        ({"parent": "abc"}, 400),
+        ({"idempotency_key": "x"}, 400),
+    ],
 )
 def test_malformed_votes_are_4xx(rater_client, data, status):
     conversation = rater_client.conversation
@@ -159,8 +172,12 @@ def test_finish_redirects_to_transcript_with_branches(rater_client):
     conversation.refresh_from_db()
     a, b = finish_candidates(conversation.head, ("first <i>reply</i>", "second reply"))
     services.comparison_record(
-        conversation=conversation, rater=conversation.rater, parent_id=conversation.head_id,
-        choice="candidate", chosen_id=a.pk, idempotency_key=uuid.uuid4(),
+        conversation=conversation,
+        rater=conversation.rater,
+        parent_id=conversation.head_id,
+        choice="candidate",
+        chosen_id=a.pk,
+        idempotency_key=uuid.uuid4(),
     )
     url = reverse("annotate:finish", args=[conversation.pk])
     response = rater_client.post(url, {"goal": "yes", "understanding": "4"}, **HTMX)

@@ -20,7 +20,10 @@ def wait_until(predicate, timeout: float = 60.0, every: float = 0.1):  # type: i
 
 def test_message_is_sampled_by_a_real_worker(start_worker, tiny_config, make_study, make_conversation):
     # Given a study whose pool is a tiny local model, and a worker on Redis
-    config_a, config_b = tiny_config(max_new_tokens=24, min_new_tokens=24), tiny_config(max_new_tokens=12)
+    config_a, config_b = (
+        tiny_config(max_new_tokens=24, min_new_tokens=24),
+        tiny_config(max_new_tokens=12, min_new_tokens=4),
+    )
     study = make_study(configs=[config_a, config_b])
     conversation = make_conversation(study=study)
     start_worker(concurrency=2)

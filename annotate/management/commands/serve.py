@@ -31,16 +31,41 @@ class Command(BaseCommand):
             names = ModelConfig.objects.filter(enabled=True, backend=ModelConfig.Backend.TRANSFORMERS)
             env["WORKER_PRELOAD_MODELS"] = ",".join(names.values_list("name", flat=True))
         commands = [
-            [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", options["host"],
-             "--port", str(options["port"]), "--no-access-log"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "config.asgi:application",
+                "--host",
+                options["host"],
+                "--port",
+                str(options["port"]),
+                "--no-access-log",
+            ],
         ]
         if not options["no_worker"]:
             commands.append(
-                [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "generation",
-                 "-c", str(options["concurrency"]), "--loglevel", "INFO", "-n", "generation@%h"]
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers",
+                    "worker",
+                    "-Q",
+                    "generation",
+                    "-c",
+                    str(options["concurrency"]),
+                    "--loglevel",
+                    "INFO",
+                    "-n",
+                    "generation@%h",
+                ]
             )
         processes = [subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for cmd in commands]
-        self.stdout.write(self.style.SUCCESS(f"Common Ground on http://{options['host']}:{options['port']}/  (Ctrl-C stops)"))
+        self.stdout.write(
+            self.style.SUCCESS(f"Common Ground on http://{options['host']}:{options['port']}/  (Ctrl-C stops)")
+        )
         stopping = False
 
         def stop(*_: object) -> None:
