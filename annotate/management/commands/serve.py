@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -63,10 +64,8 @@ class Command(BaseCommand):
                 ]
             )
         processes = [subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for cmd in commands]
-        self.stdout.write(
-            self.style.SUCCESS(f"Common Ground on http://{options['host']}:{options['port']}/  (Ctrl-C stops)")
-        )
         stopping = False
+        announced = False
 
         def stop(*_: object) -> None:
             nonlocal stopping
@@ -76,6 +75,9 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
         try:
             while not stopping and all(p.poll() is None for p in processes):
+                if not announced and _answers(options["host"], options["port"]):
+                    announced = True
+                    self._announce(options["host"], options["port"])
                 time.sleep(0.3)
         finally:
             for p in processes:
@@ -91,3 +93,23 @@ class Command(BaseCommand):
         if failed:
             self.stderr.write(f"Stopped because a process exited: {', '.join(failed)}")
             sys.exit(1)
+
+    def _announce(self, host: str, port: int) -> None:
+        """The address (and the demo login), printed once the server answers, below the start-up logs."""
+        from django.contrib.auth import get_user_model
+
+        from annotate.services import DEMO_ACCOUNTS
+
+        lines = [f"Common Ground is running on http://{host}:{port}/  (Ctrl-C stops the server and the worker)"]
+        rater = get_user_model().objects.filter(username="rater").first()
+        if rater is not None and rater.check_password(DEMO_ACCOUNTS["rater"]):
+            lines.append(f"Demo logins: rater / {DEMO_ACCOUNTS['rater']}   admin / {DEMO_ACCOUNTS['admin']} (/admin/)")
+        self.stdout.write(self.style.SUCCESS("\n".join(lines)))
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
