@@ -671,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
     from django.conf import settings
     from django.core.management import call_command
 
+    from workers.celery_app import worker_argv
+
     call_command("migrate", verbosity=0, interactive=False)
     flush_broker(args.broker_url)
 
@@ -690,22 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting worker and web server (logs in {log_dir}) ...", flush=True)
         worker = Child(
             "worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers",
-                "worker",
-                "-Q",
-                "generation",
-                "-c",
-                "1",
-                "--loglevel",
-                "INFO",
-                "-n",
-                f"bench-{uuid.uuid4().hex[:6]}@%h",
-            ],
+            worker_argv(concurrency=1, name=f"bench-{uuid.uuid4().hex[:6]}@%h"),
             env,
             log_dir,
         )

@@ -126,6 +126,19 @@ def tiny_config(tiny_model_dir: Path, make_config: Callable[..., ModelConfig]) -
 # --- real processes ------------------------------------------------------------------------
 
 
+def wait_until(
+    predicate: Callable[[], Any], timeout: float = 120.0, every: float = 0.05, what: str = "condition"
+) -> Any:
+    """Poll until `predicate` returns something truthy, and return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what}: not met in {timeout}s")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -210,7 +223,7 @@ def start_worker(
     settings.CELERY_BROKER_URL = broker_url
     from kombu import pools
 
-    from workers.celery_app import app
+    from workers.celery_app import app, worker_argv
 
     # Publish through fresh connection pools bound to this broker URL.
     app.conf.broker_url = broker_url
@@ -221,24 +234,8 @@ def start_worker(
     started: list[ChildProcess] = []
 
     def start(concurrency: int = 1, preload: str = "", ready_timeout: float = 300, **env: str) -> ChildProcess:
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            "-Q",
-            "generation",
-            "-c",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            "-n",
-            f"test{len(started)}-{uuid.uuid4().hex[:4]}@%h",
-            "--without-mingle",
-            "--without-gossip",
-        ]
+        name = f"test{len(started)}-{uuid.uuid4().hex[:4]}@%h"
+        argv = [*worker_argv(concurrency=concurrency, name=name), "--without-mingle", "--without-gossip"]
         extra = {"CELERY_BROKER_URL": broker_url, "WORKER_PRELOAD_MODELS": preload, **env}
         child = ChildProcess("worker", argv, child_env(**extra), tmp_path)
         started.append(child)

@@ -7,6 +7,7 @@ redelivered task is harmless because every task claims its row with a conditiona
 from __future__ import annotations
 
 import os
+import sys
 
 from celery import Celery
 from celery.signals import worker_process_init
@@ -39,3 +40,9 @@ def _preload_models(**_: object) -> None:
     from workers import backends
 
     backends.preload_from_settings()
+
+
+def worker_argv(*, concurrency: int, name: str = "generation@%h") -> list[str]:
+    """The command that starts a generation worker (used by `serve`, the tests and bench/)."""
+    return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "generation",
+            "-c", str(concurrency), "--loglevel", "INFO", "-n", name]  # fmt: skip

@@ -24,6 +24,17 @@ def finish_candidates(user_turn: Turn, texts: tuple[str, ...] = ("reply A", "rep
     return selectors.candidates_of(user_turn)
 
 
+def choose(conversation: Conversation, parent_id: int, **fields: object) -> Comparison:
+    """The rater's vote on the candidates answering `parent_id`, with a fresh request key."""
+    return services.comparison_record(
+        conversation=conversation,
+        rater=conversation.rater,
+        parent_id=parent_id,
+        idempotency_key=uuid.uuid4(),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
 def test_message_creates_k_pending_candidates_and_enqueues_on_commit(
     make_conversation, django_capture_on_commit_callbacks
 ):
@@ -80,15 +91,13 @@ def test_vote_continues_from_chosen_and_keeps_the_other_as_branch(make_conversat
     conversation = make_conversation()
     user_turn = services.message_send(conversation=conversation, text="one")
     a, b = finish_candidates(user_turn)
-    comparison = services.comparison_record(
-        conversation=conversation,
-        rater=conversation.rater,
-        parent_id=user_turn.pk,
+    comparison = choose(
+        conversation,
+        user_turn.pk,
         choice="candidate",
         chosen_id=b.pk,
         strength="slight",
         reason="asks what I meant",
-        idempotency_key=uuid.uuid4(),
     )
     assert comparison.chosen_id == b.pk and comparison.continued_from_id == b.pk
     assert comparison.strength == "slight" and comparison.decision_ms is not None
@@ -123,13 +132,11 @@ def test_vote_before_candidates_finish_is_refused(make_conversation):
     user_turn = services.message_send(conversation=conversation, text="one")
     a = selectors.candidates_of(user_turn)[0]
     with pytest.raises(ActionRefused, match="Wait until every reply"):
-        services.comparison_record(
-            conversation=conversation,
-            rater=conversation.rater,
-            parent_id=user_turn.pk,
+        choose(
+            conversation,
+            user_turn.pk,
             choice="candidate",
             chosen_id=a.pk,
-            idempotency_key=uuid.uuid4(),
         )
     assert not Comparison.objects.exists()
 
@@ -142,21 +149,17 @@ def test_vote_for_a_turn_outside_the_candidates_is_refused(make_conversation):
     foreign = services.message_send(conversation=other, text="x")
     foreign_candidate = finish_candidates(foreign)[0]
     with pytest.raises(ActionRefused, match="Pick one of the replies"):
-        services.comparison_record(
-            conversation=conversation,
-            rater=conversation.rater,
-            parent_id=user_turn.pk,
+        choose(
+            conversation,
+            user_turn.pk,
             choice="candidate",
             chosen_id=foreign_candidate.pk,
-            idempotency_key=uuid.uuid4(),
         )
     with pytest.raises(ActionRefused, match="not waiting"):
-        services.comparison_record(
-            conversation=conversation,
-            rater=conversation.rater,
-            parent_id=foreign.pk,
+        choose(
+            conversation,
+            foreign.pk,
             choice="tie",
-            idempotency_key=uuid.uuid4(),
         )
     assert not Comparison.objects.exists()
 
@@ -165,14 +168,12 @@ def test_rewrite_joins_the_path_and_records_the_preference(make_conversation):
     conversation = make_conversation()
     user_turn = services.message_send(conversation=conversation, text="one")
     a, _ = finish_candidates(user_turn)
-    comparison = services.comparison_record(
-        conversation=conversation,
-        rater=conversation.rater,
-        parent_id=user_turn.pk,
+    comparison = choose(
+        conversation,
+        user_turn.pk,
         choice="candidate",
         chosen_id=a.pk,
         rewrite_text="Do you mean a birthday party?",
-        idempotency_key=uuid.uuid4(),
     )
     rewrite = comparison.continued_from
     assert rewrite.is_rewrite and rewrite.rewrite_of_id == a.pk and rewrite.parent_id == user_turn.pk
@@ -189,13 +190,11 @@ def test_tie_and_all_bad_continue_from_first_candidate_without_strength(make_con
     conversation = make_conversation()
     user_turn = services.message_send(conversation=conversation, text="one")
     a, _ = finish_candidates(user_turn)
-    comparison = services.comparison_record(
-        conversation=conversation,
-        rater=conversation.rater,
-        parent_id=user_turn.pk,
+    comparison = choose(
+        conversation,
+        user_turn.pk,
         choice="all_bad",
         strength="clear",
-        idempotency_key=uuid.uuid4(),
     )
     assert comparison.chosen is None and comparison.strength == "" and comparison.continued_from_id == a.pk
 
@@ -204,13 +203,11 @@ def test_prompt_is_the_whole_lived_path(make_conversation):
     conversation = make_conversation()
     first = services.message_send(conversation=conversation, text="one")
     _, b = finish_candidates(first, ("A1", "B1"))
-    services.comparison_record(
-        conversation=conversation,
-        rater=conversation.rater,
-        parent_id=first.pk,
+    choose(
+        conversation,
+        first.pk,
         choice="candidate",
         chosen_id=b.pk,
-        idempotency_key=uuid.uuid4(),
     )
     second = services.message_send(conversation=conversation, text="two")
     candidate = selectors.candidates_of(second)[0]
@@ -226,13 +223,11 @@ def test_turn_limit(make_study, make_conversation):
     conversation = make_conversation(study=study)
     first = services.message_send(conversation=conversation, text="one")
     a, _ = finish_candidates(first)
-    services.comparison_record(
-        conversation=conversation,
-        rater=conversation.rater,
-        parent_id=first.pk,
+    choose(
+        conversation,
+        first.pk,
         choice="candidate",
         chosen_id=a.pk,
-        idempotency_key=uuid.uuid4(),
     )
     with pytest.raises(ActionRefused, match=r"1 message\(s\) per conversation"):
         services.message_send(conversation=conversation, text="two")

@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from annotate import selectors, services
 from annotate.models import Comparison, Turn
-from tests.annotate.test_services import finish_candidates
+from tests.annotate.test_services import choose, finish_candidates
 
 pytestmark = pytest.mark.django_db
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -171,13 +171,11 @@ def test_finish_redirects_to_transcript_with_branches(rater_client):
     send(rater_client, conversation, "hello")
     conversation.refresh_from_db()
     a, b = finish_candidates(conversation.head, ("first <i>reply</i>", "second reply"))
-    services.comparison_record(
-        conversation=conversation,
-        rater=conversation.rater,
-        parent_id=conversation.head_id,
+    choose(
+        conversation,
+        conversation.head_id,
         choice="candidate",
         chosen_id=a.pk,
-        idempotency_key=uuid.uuid4(),
     )
     url = reverse("annotate:finish", args=[conversation.pk])
     response = rater_client.post(url, {"goal": "yes", "understanding": "4"}, **HTMX)

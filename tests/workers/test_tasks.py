@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from annotate import services
 from annotate.models import Turn
-
-
-def wait_until(predicate, timeout: float = 60.0, every: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
+from tests.conftest import wait_until
 
 
 def test_message_is_sampled_by_a_real_worker(start_worker, tiny_config, make_study, make_conversation):

@@ -21,19 +21,10 @@ from django.utils import timezone
 
 from annotate import services
 from annotate.models import Comparison, Conversation, Turn
+from tests.conftest import wait_until
 from workers.tasks import sample_turn_task
 
 LONG = 800  # tokens: seconds of generation on the tiny model, so it is surely killed midway
-
-
-def wait_until(predicate, timeout: float = 120.0, every: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{what}: not met in {timeout}s")
 
 
 def claimed_pid(turn: Turn) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from workers.celery_app import worker_argv
 from workers.models import ModelConfig
 
 
@@ -45,24 +46,7 @@ class Command(BaseCommand):
             ],
         ]
         if not options["no_worker"]:
-            commands.append(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers",
-                    "worker",
-                    "-Q",
-                    "generation",
-                    "-c",
-                    str(options["concurrency"]),
-                    "--loglevel",
-                    "INFO",
-                    "-n",
-                    "generation@%h",
-                ]
-            )
+            commands.append(worker_argv(concurrency=options["concurrency"]))
         processes = [subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for cmd in commands]
         stopping = False
         announced = False
