@@ -19,7 +19,21 @@ class Study(models.Model):
     candidates_per_turn = models.PositiveSmallIntegerField(default=2, help_text="K candidates per turn.")
     max_user_turns = models.PositiveSmallIntegerField(default=10, help_text="Turn limit per conversation.")
     max_message_chars = models.PositiveIntegerField(default=2000)
-    tags_required_before_vote = models.BooleanField(default=False)
+    taxonomy = models.ForeignKey(
+        "labeling.Taxonomy",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="studies",
+        help_text="Labels raters tag with; empty means the default taxonomy.",
+    )
+    tags_required_before_vote = models.BooleanField(
+        default=False, help_text="Each candidate needs at least one tag from the rater before the vote."
+    )
+    review_overlap = models.PositiveSmallIntegerField(default=2, help_text="Review pass: raters per conversation.")
+    review_all_branches = models.BooleanField(
+        default=False, help_text="Review pass: tag every branch, not only the lived path."
+    )
     overlap = models.PositiveSmallIntegerField(default=1, help_text="Raters per scenario.")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

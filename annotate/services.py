@@ -190,6 +190,13 @@ def comparison_record(
     candidates = selectors.candidates_of(parent)
     if any(c.status != Turn.Status.DONE for c in candidates):
         raise ActionRefused("Wait until every reply has finished (or retry the failed one) before choosing.", 409)
+    if conversation.study.tags_required_before_vote:
+        from labeling.services import untagged_candidates
+
+        missing = untagged_candidates(rater=rater, candidates=candidates)
+        if missing:
+            names = ", ".join(f"reply {c.label}" for c in missing)
+            raise ActionRefused(f"This study asks you to tag every reply before choosing: tag {names}.", 409)
     by_id = {c.pk: c for c in candidates}
     if choice not in Comparison.Choice.values:
         raise ActionRefused(f"Unknown choice {choice!r}.")
@@ -386,6 +393,11 @@ def demo_setup() -> dict[str, str]:
         },
     )
     study.model_pool.set(configs)
+    if study.taxonomy_id is None:
+        from labeling.services import default_taxonomy
+
+        study.taxonomy = default_taxonomy()
+        study.save(update_fields=["taxonomy"])
     rows = scenario_rows_read(name=DEMO_SCENARIOS.name, data=DEMO_SCENARIOS.read_bytes())
     scenarios_import(study=study, rows=rows)
     users = get_user_model()

@@ -1,1 +1,130 @@
-"""Taxonomies, tags, agreement and exports arrive with issues 3 and 4."""
+"""Taxonomies of grounding acts and feedback signals, the tags raters put on turns, review tasks."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Taxonomy(models.Model):
+    """A set of labels a study's raters tag with. Import/export as YAML (labeling.services)."""
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=80, unique=True)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "taxonomies"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Label(models.Model):
+    class Kind(models.TextChoices):
+        GROUNDING = "grounding", "Grounding act"
+        FEEDBACK = "feedback", "Implicit feedback signal"
+        OTHER = "other", "Other"
+
+    class Roles(models.TextChoices):
+        USER = "user", "User turns"
+        ASSISTANT = "assistant", "Assistant turns"
+        BOTH = "both", "Both"
+
+    taxonomy = models.ForeignKey(Taxonomy, on_delete=models.CASCADE, related_name="labels")
+    name = models.SlugField(max_length=60, help_text="Stable identifier used in exports.")
+    title = models.CharField(max_length=100)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.GROUNDING)
+    definition = models.TextField()
+    examples = models.JSONField(default=list, blank=True)
+    roles = models.CharField(max_length=10, choices=Roles.choices, default=Roles.BOTH)
+    takes_span = models.BooleanField(default=False, help_text="May mark a character span of the turn.")
+    links_turn = models.BooleanField(default=False, help_text="May point at an earlier turn it reacts to.")
+    polarity = models.SmallIntegerField(default=0, help_text="Feedback signals: -1 negative, +1 positive.")
+    key = models.CharField(max_length=1, blank=True, help_text="Keyboard shortcut in the rating page.")
+    colour = models.CharField(max_length=7, default="#888888")
+    order = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["taxonomy", "order", "name"]
+        constraints = [models.UniqueConstraint(fields=["taxonomy", "name"], name="label_unique_name")]
+
+    def __str__(self) -> str:
+        return self.title
+
+    def applies_to(self, role: str) -> bool:
+        return self.roles in (self.Roles.BOTH, role)
+
+
+class ReviewAssignment(models.Model):
+    """A rater's task to tag a finished conversation turn by turn (k raters per conversation)."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        DONE = "done"
+
+    conversation = models.ForeignKey("annotate.Conversation", on_delete=models.CASCADE, related_name="reviews")
+    rater = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(auto_now_add=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["conversation", "rater"], name="review_once_per_rater")]
+
+    def __str__(self) -> str:
+        return f"Review of conversation {self.conversation_id} by {self.rater}"
+
+
+class Tag(models.Model):
+    """A label on a turn (optionally a span of it, optionally linked to an earlier turn)."""
+
+    class Source(models.TextChoices):
+        RATER = "rater"
+        SUGGESTION = "suggestion"
+
+    class Status(models.TextChoices):
+        CONFIRMED = "confirmed", "Confirmed"
+        SUGGESTED = "suggested", "Suggested, awaiting the rater"
+        REJECTED = "rejected", "Suggestion rejected"
+
+    class Task(models.TextChoices):
+        LIVE = "live", "Live session"
+        REVIEW = "review", "Review pass"
+
+    turn = models.ForeignKey("annotate.Turn", on_delete=models.CASCADE, related_name="tags")
+    label = models.ForeignKey(Label, on_delete=models.PROTECT, related_name="tags")
+    rater = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="tags")
+    task = models.CharField(max_length=10, choices=Task.choices, default=Task.LIVE)
+    span_start = models.PositiveIntegerField(null=True, blank=True)
+    span_end = models.PositiveIntegerField(null=True, blank=True)
+    linked_turn = models.ForeignKey(
+        "annotate.Turn", null=True, blank=True, on_delete=models.CASCADE, related_name="linked_tags"
+    )
+    source = models.CharField(max_length=12, choices=Source.choices, default=Source.RATER)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.CONFIRMED)
+    suggestion_note = models.CharField(max_length=200, blank=True, help_text="Why it was suggested.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["turn", "span_start", "id"]
+        indexes = [models.Index(fields=["turn", "rater"]), models.Index(fields=["label", "status"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["turn", "label", "rater", "task", "span_start", "span_end"],
+                name="tag_unique_per_rater",
+                nulls_distinct=False,
+            ),
+            models.CheckConstraint(
+                condition=models.Q(span_start__isnull=True, span_end__isnull=True)
+                | models.Q(span_start__isnull=False, span_end__isnull=False, span_start__lt=models.F("span_end")),
+                name="tag_span_well_formed",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} on turn {self.turn_id}"
