@@ -56,11 +56,13 @@ def _locked(conversation: Conversation) -> Conversation:
     return locked
 
 
-def _enqueue(turn_ids: Iterable[int]) -> None:
-    from workers.tasks import sample_turn_task
+def _enqueue(turn_ids: Iterable[int], *, suggest_for: int | None = None) -> None:
+    from workers.tasks import sample_turn_task, suggest_tags_task
 
     for turn_id in turn_ids:
         sample_turn_task.delay(turn_id)
+    if suggest_for is not None:  # after the samples: they are what the rater waits for
+        suggest_tags_task.delay(suggest_for)
 
 
 def _pool(study: Study, k: int) -> list[ModelConfig]:
@@ -136,7 +138,7 @@ def message_send(*, conversation: Conversation, text: str, client_key: uuid.UUID
     conversation.head = user_turn
     conversation.save(update_fields=["head"])
     ids = [t.pk for t in Turn.objects.filter(parent=user_turn).order_by("position")]
-    transaction.on_commit(lambda: _enqueue(ids))
+    transaction.on_commit(lambda: _enqueue(ids, suggest_for=user_turn.pk))
     return user_turn
 
 

@@ -24,6 +24,8 @@ from django.views.decorators.http import require_GET, require_POST
 from annotate import selectors, services
 from annotate.models import Comparison, Conversation, Study, Turn
 from annotate.services import ActionRefused
+from labeling.models import Tag
+from labeling.selectors import labels_for, tags_by_turn
 
 
 def _conversation_for(request: HttpRequest, pk: int) -> Conversation:
@@ -66,6 +68,10 @@ def _session_context(conversation: Conversation, error: str = "") -> dict[str, A
         "request_key": uuid.uuid4(),
         "error": error,
         "goal_choices": Conversation.Goal.choices,
+        "tag_labels": labels_for(conversation.study),
+        "live_tags": tags_by_turn(
+            turn_ids=[t.pk for t in [*path, *candidates]], rater=conversation.rater, task=Tag.Task.LIVE
+        ),
     }
 
 

@@ -211,3 +211,40 @@ def untagged_candidates(*, rater: AbstractBaseUser, candidates: list[Turn]) -> l
         ).values_list("turn_id", flat=True)
     )
     return [c for c in candidates if c.pk not in tagged]
+
+
+# --- review pass ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def review_claim(*, rater: AbstractBaseUser, study: Study) -> ReviewAssignment:
+    """The rater's open review in the study, or a new one on the least-reviewed finished conversation.
+
+    Claims are serialised per study (the study row is locked), so two raters claiming at once
+    cannot push a conversation past `study.review_overlap`.
+    """
+    from labeling.selectors import reviewable_conversations  # selectors import this module
+
+    open_review = ReviewAssignment.objects.filter(
+        rater=rater, conversation__study=study, status=ReviewAssignment.Status.OPEN
+    ).first()
+    if open_review is not None:
+        return open_review
+    Study.objects.select_for_update().filter(pk=study.pk).first()
+    conversation = reviewable_conversations(study=study, rater=rater).order_by("n_reviews", "ended_at", "pk").first()
+    if conversation is None:
+        raise ActionRefused("Nothing left to review in this study. Thank you!", status=409)
+    return ReviewAssignment.objects.create(conversation=conversation, rater=rater)
+
+
+@transaction.atomic
+def review_finish(*, rater: AbstractBaseUser, assignment_id: int) -> ReviewAssignment:
+    """Mark the rater's review as done. Finishing twice is harmless; anyone else's review is a 404."""
+    assignment = ReviewAssignment.objects.select_for_update().filter(pk=assignment_id, rater=rater).first()
+    if assignment is None:
+        raise ActionRefused("No such review.", status=404)
+    if assignment.status != ReviewAssignment.Status.DONE:
+        assignment.status = ReviewAssignment.Status.DONE
+        assignment.done_at = timezone.now()
+        assignment.save(update_fields=["status", "done_at"])
+    return assignment

@@ -27,7 +27,11 @@ app.conf.update(
     task_soft_time_limit=600,
     task_time_limit=660,
     task_default_queue="generation",
-    task_routes={"workers.tasks.sample_turn_task": {"queue": "generation"}},
+    task_routes={
+        "workers.tasks.sample_turn_task": {"queue": "generation"},
+        # Tag suggestions never wait behind, or hold up, a generation.
+        "workers.tasks.suggest_tags_task": {"queue": "suggestions"},
+    },
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
@@ -43,6 +47,6 @@ def _preload_models(**_: object) -> None:
 
 
 def worker_argv(*, concurrency: int, name: str = "generation@%h") -> list[str]:
-    """The command that starts a generation worker (used by `serve`, the tests and bench/)."""
-    return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "generation",
+    """The command that starts a worker for generation and suggestions (`serve`, the tests, bench/)."""
+    return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "generation,suggestions",
             "-c", str(concurrency), "--loglevel", "INFO", "-n", name]  # fmt: skip

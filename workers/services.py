@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from annotate import selectors
 from annotate.models import Turn
+from labeling.suggestions import suggest_for_turn
 from workers.backends import GenerationError, GenerationRequest, backend_for
 
 log = logging.getLogger(__name__)
@@ -110,4 +111,9 @@ def turn_generate(*, turn_id: int, redelivered: bool = False) -> str:
         completion_tokens=result.completion_tokens,
         finished_at=timezone.now(),
     )
+    if finished == 1:
+        try:  # suggestions are optional: they must never fail a finished reply
+            suggest_for_turn(turn_id=turn_id)
+        except Exception:
+            log.exception("Tag suggestions failed for turn %s", turn_id)
     return "done" if finished == 1 else "superseded"

@@ -17,3 +17,11 @@ def sample_turn_task(self: Any, turn_id: int) -> str:
     if outcome == "busy":  # another worker holds a live lease; it may yet die
         raise self.retry(countdown=settings.TURN_LEASE_SECONDS)
     return outcome
+
+
+@shared_task(name="workers.tasks.suggest_tags_task")
+def suggest_tags_task(turn_id: int) -> int:
+    """Pre-tag a turn for its rater (labeling.suggestions); rerunning adds nothing."""
+    from labeling.suggestions import suggest_for_turn
+
+    return len(suggest_for_turn(turn_id=turn_id))

@@ -24,8 +24,9 @@
     source.addEventListener("turn", function (event) {
       const data = JSON.parse(event.data);
       const card = document.getElementById("cand-" + data.id);
-      if (!card) return;
-      card.querySelector(".cand-text").textContent = data.text;
+      const text = card && card.querySelector(".cand-text");
+      if (!text) return; // the fragment was swapped out while this event was on its way
+      text.textContent = data.text;
       card.dataset.status = data.status;
       card.querySelector(".state").textContent = STATE[data.status] || "";
       card.querySelector(".cand-error").textContent = data.status === "failed" ? data.error : "";
@@ -77,7 +78,8 @@
       details.open = true;
       form.querySelector('input[name="use_rewrite"]').checked = true;
       const area = form.querySelector('textarea[name="rewrite"]');
-      if (!area.value && chosen) area.value = chosen.closest(".candidate").querySelector(".cand-text").textContent.trim();
+      const chosenText = chosen && chosen.closest(".candidate").querySelector(".cand-text");
+      if (!area.value && chosenText) area.value = chosenText.textContent.trim();
       area.focus();
       event.preventDefault();
     } else if (key === "enter") {

@@ -183,7 +183,7 @@ def test_rater_holds_a_three_turn_conversation(start_worker, start_server, make_
     for reply in assistants:
         assert reply.status == Turn.Status.DONE and reply.text.strip(), reply
         assert reply.attempt == 1 and reply.first_token_at is not None
-        assert reply.completion_tokens and 8 <= reply.completion_tokens <= 24
+        assert reply.completion_tokens and 1 <= reply.completion_tokens <= 24  # '\nUser:' may stop it early
         assert not reply.is_rewrite
     for user_turn, cards in zip(users, shown, strict=True):
         children = list(user_turn.children.order_by("position"))

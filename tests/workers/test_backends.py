@@ -286,7 +286,7 @@ def test_missing_model_fails_the_turn_readably_and_retry_puts_it_back(
     make_config, make_study, make_conversation, tiny_model_dir, monkeypatch, django_capture_on_commit_callbacks
 ):
     enqueued: list[list[int]] = []
-    monkeypatch.setattr(annotate_services, "_enqueue", lambda ids: enqueued.append(list(ids)))
+    monkeypatch.setattr(annotate_services, "_enqueue", lambda ids, **_: enqueued.append(list(ids)))
     eight_tokens = {"max_new_tokens": 8, "min_new_tokens": 8}
     config = make_config(model_path="/nonexistent/model-dir", prompt_format="plain", params=eight_tokens)
     conversation = make_conversation(study=make_study(configs=[config], candidates_per_turn=1))

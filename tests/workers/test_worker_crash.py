@@ -151,7 +151,7 @@ def test_unflagged_message_for_a_held_turn_retries_until_the_lease_runs_out(
     )
     worker = start_worker(concurrency=1)
     with monkeypatch.context() as patched:
-        patched.setattr(services, "_enqueue", lambda ids: None)
+        patched.setattr(services, "_enqueue", lambda ids, **_: None)
         user_turn = services.message_send(conversation=conversation, text="Hello there")
     held = Turn.objects.filter(parent=user_turn)
     held.update(status=Turn.Status.STREAMING, attempt=1, claimed_by="elsewhere:4242", heartbeat_at=timezone.now())

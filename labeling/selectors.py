@@ -1,0 +1,83 @@
+"""Reads for tagging: the labels a study uses and the tags a rater put on turns."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from django.db.models import Count, QuerySet
+
+from annotate.models import Conversation, Study, Turn
+from annotate.selectors import lived_path
+from labeling.models import Label, ReviewAssignment, Tag
+from labeling.services import taxonomy_for
+
+
+def labels_for(study: Study) -> list[Label]:
+    return list(taxonomy_for(study).labels.all())
+
+
+def tags_by_turn(*, turn_ids: Iterable[int], rater: object, task: str) -> dict[int, list[Tag]]:
+    """The rater's tags (confirmed and pending suggestions) on these turns, by turn id."""
+    found: dict[int, list[Tag]] = defaultdict(list)
+    tags = (
+        Tag.objects.filter(turn_id__in=list(turn_ids), rater=rater, task=task)
+        .exclude(status=Tag.Status.REJECTED)
+        .select_related("label")
+    )
+    for tag in tags:
+        found[tag.turn_id].append(tag)
+    return found
+
+
+# --- review pass ---------------------------------------------------------------------------
+
+
+def reviewable_conversations(*, study: Study, rater: object) -> QuerySet[Conversation]:
+    """Finished conversations of the study this rater may still claim: not their own, not reviewed
+    by them, and reviewed by fewer than `study.review_overlap` raters. Annotated with `n_reviews`."""
+    return (
+        Conversation.objects.filter(study=study, status=Conversation.Status.COMPLETED)
+        .exclude(rater=rater)
+        .exclude(reviews__rater=rater)
+        .annotate(n_reviews=Count("reviews", distinct=True))
+        .filter(n_reviews__lt=study.review_overlap)
+    )
+
+
+def review_overview(rater: object) -> list[dict[str, object]]:
+    """Studies where the rater has review work: conversations left to claim and their open review."""
+    studies = Study.objects.filter(review_overlap__gt=0, conversations__status=Conversation.Status.COMPLETED)
+    rows = []
+    for study in studies.distinct().order_by("name"):
+        available = reviewable_conversations(study=study, rater=rater).count()
+        open_review = ReviewAssignment.objects.filter(
+            rater=rater, conversation__study=study, status=ReviewAssignment.Status.OPEN
+        ).first()
+        if available or open_review:
+            rows.append({"study": study, "available": available, "open_review": open_review})
+    return rows
+
+
+def rater_reviews(rater: object) -> QuerySet[ReviewAssignment]:
+    return ReviewAssignment.objects.filter(rater=rater).select_related("conversation__study", "conversation__scenario")
+
+
+def review_turns(conversation: Conversation, *, all_branches: bool) -> list[Turn]:
+    """The turns a reviewer tags, in reading order: the lived path, or with every sampled branch too.
+
+    Branches only start at a user turn (unchosen replies get no children), so all branches are the
+    lived path plus, after each user turn, every reply sampled for it.
+    """
+    path = lived_path(conversation)
+    if not all_branches:
+        return path
+    replies: dict[int, list[Turn]] = defaultdict(list)
+    for turn in conversation.turns.filter(role=Turn.Role.ASSISTANT).select_related("model_config"):
+        replies[turn.parent_id or 0].append(turn)
+    ordered: list[Turn] = []
+    for turn in path:
+        if turn.role == Turn.Role.USER:
+            ordered.append(turn)
+            ordered.extend(sorted(replies[turn.pk], key=lambda t: (t.position, t.pk)))
+    return ordered

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from labeling.views import dashboard, review, tags
+
+app_name = "labeling"
+urlpatterns = [
+    path("tags/", tags.tag_add, name="tag_add"),
+    path("tags/<int:pk>/delete/", tags.tag_remove, name="tag_remove"),
+    path("tags/<int:pk>/decide/", tags.suggestion_decide, name="suggestion_decide"),
+    path("review/", review.review_home, name="review_home"),
+    path("review/studies/<slug:slug>/next/", review.review_next, name="review_next"),
+    path("review/<int:pk>/", review.review_detail, name="review_detail"),
+    path("review/<int:pk>/done/", review.review_done, name="review_done"),
+    path("studies/<slug:slug>/dashboard/", dashboard.study_dashboard, name="dashboard"),
+]

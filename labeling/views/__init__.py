@@ -1,0 +1,1 @@
+"""Labeling views: tagging endpoints (tags.py), the review pass (review.py), the study dashboard (dashboard.py)."""

@@ -1,0 +1,203 @@
+"""The study dashboard on PostgreSQL: agreement, activity, suggestions and grounding rates, and the page."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.urls import reverse
+
+from annotate import services
+from annotate.models import Comparison, Conversation, Study, Turn
+from labeling import services as labeling
+from labeling.dashboard import StudyDashboard, study_dashboard
+from labeling.models import Label, ReviewAssignment, Tag
+from tests.annotate.test_services import choose, finish_candidates
+
+pytestmark = pytest.mark.django_db
+
+
+@dataclass
+class Fixture:
+    study: Study
+    live: Any
+    live2: Any
+    first: Any  # reviewer R1
+    second: Any  # reviewer R2
+    turns: dict[str, Turn]
+    configs: list[Any]
+
+
+def _suggest(turn: Turn, rater: Any, label: str) -> Tag:
+    """A pending suggestion (as the suggestion task would write it)."""
+    found = Label.objects.get(taxonomy__slug="default", name=label)
+    return Tag.objects.create(
+        turn=turn, label=found, rater=rater, task=Tag.Task.REVIEW, source=Tag.Source.SUGGESTION,
+        status=Tag.Status.SUGGESTED,
+    )  # fmt: skip
+
+
+def _send(conversation: Conversation, text: str, configs: list[Any]) -> tuple[Turn, Turn, Turn]:
+    """A user message and its two finished candidates: slot A from configs[0], slot B from configs[1]."""
+    user_turn = services.message_send(conversation=conversation, text=text)
+    for position, config in enumerate(configs):
+        Turn.objects.filter(parent=user_turn, position=position).update(model_config=config)
+    a, b = finish_candidates(user_turn)
+    return user_turn, a, b
+
+
+@pytest.fixture
+def study_data(make_study, make_config, make_user) -> Fixture:
+    configs = [make_config("m1"), make_config("m2")]
+    study = make_study(configs=configs)
+    live, live2 = make_user("live"), make_user("live2")
+    first, second = make_user("r1"), make_user("r2")
+
+    # Given a conversation by `live`: u1 → a1 chosen, u2 → b2 chosen (lived path u1, a1, u2, b2).
+    conversation = services.conversation_start(study=study, rater=live)
+    u1, a1, b1 = _send(conversation, "Plan a party", configs)
+    labeling.tag_add(rater=live, turn_id=a1.pk, label="clarification")
+    labeling.tag_add(rater=live, turn_id=b1.pk, label="no-grounding-act")
+    vote1 = choose(conversation, u1.pk, choice="candidate", chosen_id=a1.pk)
+    u2, a2, b2 = _send(conversation, "For kids please", configs)
+    vote2 = choose(conversation, u2.pk, choice="candidate", chosen_id=b2.pk)
+    Comparison.objects.filter(pk=vote1.pk).update(decision_ms=1000)
+    Comparison.objects.filter(pk=vote2.pk).update(decision_ms=3000)
+    services.conversation_finish(conversation=conversation, goal="yes", understanding=4)
+
+    # ... reviewed by r1 and r2 (review tags need an open assignment).
+    for reviewer in (first, second):
+        ReviewAssignment.objects.create(conversation=conversation, rater=reviewer)
+    labeling.tag_add(rater=first, turn_id=a1.pk, label="clarification", task="review")
+    labeling.tag_add(rater=first, turn_id=u2.pk, label="rephrase", task="review")
+    labeling.tag_add(rater=first, turn_id=u2.pk, label="correction", task="review")
+    accepted = _suggest(b2, first, "acknowledgment")
+    labeling.suggestion_decide(rater=first, tag_id=accepted.pk, accept=True)
+    _suggest(u1, first, "topic-switch")  # left pending: not a tag yet
+    labeling.tag_add(rater=second, turn_id=a1.pk, label="clarification", task="review")
+    labeling.tag_add(rater=second, turn_id=a1.pk, label="follow-up", task="review")
+    labeling.tag_add(rater=second, turn_id=u2.pk, label="rephrase", task="review")
+    rejected = _suggest(a1, second, "repair")
+    labeling.suggestion_decide(rater=second, tag_id=rejected.pk, accept=False)
+
+    # And a second conversation, by `live2`, coded by nobody else: v1 → x1 (m1), y1 (m2), no vote.
+    other = services.conversation_start(study=study, rater=live2)
+    v1, x1, y1 = _send(other, "What do you mean by budget?", configs)
+    labeling.tag_add(rater=live2, turn_id=v1.pk, label="clarification")
+    labeling.tag_add(rater=live2, turn_id=x1.pk, label="acknowledgment")
+
+    turns = {"u1": u1, "a1": a1, "b1": b1, "u2": u2, "a2": a2, "b2": b2, "v1": v1, "x1": x1, "y1": y1}
+    return Fixture(study, live, live2, first, second, turns, configs)
+
+
+def _label(dashboard: StudyDashboard, name: str) -> Any:
+    return next(row for row in dashboard.labels if row.label.name == name)
+
+
+def test_agreement_figures(study_data, django_assert_max_num_queries):
+    # Coded turns (≥ 2 coders), label sets per rater:
+    #   u1: r1 ∅, r2 ∅ (covered by review, untagged; r1's pending suggestion does not count)
+    #   a1: live {clar}, r1 {clar}, r2 {clar, follow-up} (r2's rejected suggestion does not count)
+    #   u2: r1 {rephrase, correction}, r2 {rephrase}
+    #   b2: r1 {ack} (accepted suggestion), r2 ∅
+    # b1 (live only, off the lived path) and the second conversation have one coder each.
+    with django_assert_max_num_queries(12):
+        dashboard = study_dashboard(study=study_data.study)
+    assert dashboard.conversations == 2
+    assert dashboard.coded_turns == 4
+
+    # MASI alpha. Values ∅ ×3, C={clar} ×2, CF ×1, RC ×1, R ×1, A ×1; n = 9.
+    # o[∅,∅] = 2 (u1); a1 (m=3): o[C,C] = 1, o[C,CF] = o[CF,C] = 1; o[RC,R] = o[R,RC] = 1; o[A,∅] = o[∅,A] = 1.
+    # δ(C,CF) = δ(RC,R) = 2/3 (subset, J = 1/2), δ(A,∅) = 1: D_o = (4/3 + 4/3 + 2) / 9 = 14/27.
+    # Expected, unordered pairs n_c n_k δ: ∅ with the 6 non-empty values 3*6 = 18; C-CF 2*1*2/3 = 4/3;
+    # C with RC, R, A 3*2 = 6; CF with RC, R, A 3; RC-R 2/3; RC-A 1; R-A 1 → 31, so
+    # D_e = 2 * 31 / (9 * 8) = 31/36, alpha = 1 - (14/27) / (31/36) = 1 - 504/837 = 37/93.
+    assert dashboard.masi_alpha == pytest.approx(37 / 93)
+
+    # Per label, binary over the coded turns the label applies to.
+    clarification = _label(dashboard, "clarification")  # a1 (1,1,1), others all 0: no disagreement
+    assert (clarification.alpha, clarification.alpha_turns, clarification.alpha_positive) == (1.0, 4, 1)
+    # follow-up: a1 (0,0,1), u1, u2, b2 (0,0): o[0,0] = 1 + 6, o[0,1] = o[1,0] = 1, n_0 = 8, n_1 = 1;
+    # D_o = 2/9, D_e = 2*8*1 / (9*8) = 2/9 → alpha 0. acknowledgment (b2 (1,0)) is the same.
+    assert _label(dashboard, "follow-up").alpha == pytest.approx(0.0)
+    assert _label(dashboard, "acknowledgment").alpha == pytest.approx(0.0)
+    rephrase = _label(dashboard, "rephrase")  # user turns only: u1 (0,0), u2 (1,1)
+    assert (rephrase.alpha, rephrase.alpha_turns) == (1.0, 2)
+    # correction: u1 (0,0), u2 (1,0): D_o = 2/4, D_e = 2*3*1 / (4*3) = 1/2 → 0.
+    assert _label(dashboard, "correction").alpha == pytest.approx(0.0)
+    over = _label(dashboard, "over-response")  # replies only (a1, b2), never used: D_e = 0 → 1
+    assert (over.alpha, over.alpha_turns, over.alpha_positive) == (1.0, 2, 0)
+
+    # Kappa on label sets as categories.
+    # r1-r2 on u1, a1, u2, b2: [∅, C, RC, A] vs [∅, CF, R, ∅]: p_o = 1/4, p_e = 1/4 * 2/4 = 1/8,
+    # kappa = (1/8) / (7/8) = 1/7. live-r1 on a1: [C] vs [C], p_e = 1 → 1. live-r2: [C] vs [CF] → 0.
+    pairs = {frozenset((p.rater_a, p.rater_b)): (p.kappa, p.turns) for p in dashboard.pairs}
+    assert pairs[frozenset(("r1", "r2"))] == (pytest.approx(1 / 7), 4)
+    assert pairs[frozenset(("live", "r1"))] == (1.0, 1)
+    assert pairs[frozenset(("live", "r2"))] == (0.0, 1)
+    assert len(pairs) == 3
+
+    # Each user turn is voted by its own rater only.
+    assert (dashboard.votes.comparisons, dashboard.votes.alpha) == (0, None)
+
+
+def test_counts_activity_and_suggestions(study_data):
+    dashboard = study_dashboard(study=study_data.study)
+    clarification = _label(dashboard, "clarification")  # live on a1 and v1, review by r1 and r2 on a1
+    assert (clarification.confirmed, clarification.live, clarification.review) == (4, 2, 2)
+    acknowledgment = _label(dashboard, "acknowledgment")  # x1 live, b2 accepted suggestion
+    assert (acknowledgment.confirmed, acknowledgment.accepted, acknowledgment.rejected) == (2, 1, 0)
+    assert acknowledgment.acceptance == 1.0
+    repair = _label(dashboard, "repair")
+    assert (repair.confirmed, repair.rejected, repair.acceptance) == (0, 1, 0.0)
+    topic_switch = _label(dashboard, "topic-switch")
+    assert (topic_switch.pending, topic_switch.acceptance) == (1, None)
+    assert _label(dashboard, "no-grounding-act").confirmed == 1
+
+    raters = {r.username: r for r in dashboard.raters}
+    assert (raters["live"].conversations, raters["live"].votes, raters["live"].tags) == (1, 2, 2)
+    assert raters["live"].median_decision_ms == 2000  # median of 1000 and 3000
+    assert (raters["live2"].conversations, raters["live2"].votes, raters["live2"].median_decision_ms) == (1, 0, None)
+    assert (raters["r1"].tags, raters["r1"].reviews, raters["r2"].tags, raters["r2"].reviews) == (4, 1, 3, 1)
+
+
+def test_grounding_rates_per_model_against_user_baseline(study_data):
+    # Replies: m1 a1 (clarification, follow-up), a2, x1 (ack) → 2 of 3; m2 b1 (no-grounding-act is not
+    # a grounding act), b2 (ack), y1 → 1 of 3. Users: u1, u2 (rephrase, correction are feedback), v1
+    # (clarification) → 1 of 3.
+    dashboard = study_dashboard(study=study_data.study)
+    rates = {rate.name: (rate.turns, rate.grounded) for rate in dashboard.model_rates}
+    assert rates == {"m1": (3, 2), "m2": (3, 1)}
+    assert dashboard.model_rates[0].per_100 == pytest.approx(200 / 3)
+    baseline = dashboard.user_baseline
+    assert (baseline.turns, baseline.grounded) == (3, 1)
+    assert baseline.per_100 == pytest.approx(100 / 3)
+
+
+def test_empty_study_has_no_figures(make_study):
+    dashboard = study_dashboard(study=make_study())
+    assert dashboard.coded_turns == 0 and dashboard.masi_alpha is None and dashboard.pairs == []
+    assert all(row.alpha is None and row.confirmed == 0 for row in dashboard.labels)
+    assert dashboard.model_rates == [] and dashboard.user_baseline.per_100 is None
+
+
+def test_dashboard_page_for_staff_only(study_data, client, make_user):
+    url = reverse("labeling:dashboard", args=[study_data.study.slug])
+    client.force_login(make_user("staff", is_staff=True))
+    page = client.get(url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "<svg" in html and "Users (human baseline)" in html and "m1" in html
+    assert "No overlapping votes" in html
+    assert 'id="masi-alpha">0.398<' in html
+
+    client.force_login(study_data.first)  # a rater, not staff
+    assert client.get(url).status_code == 403
+    client.logout()
+    assert client.get(url).status_code == 302  # to the login page
+
+
+def test_dashboard_page_of_an_unknown_study_is_404(client, make_user):
+    client.force_login(make_user("staff", is_staff=True))
+    assert client.get(reverse("labeling:dashboard", args=["nope"])).status_code == 404
