@@ -91,6 +91,6 @@ class TurnAdmin(admin.ModelAdmin):
 
 @admin.register(Comparison)
 class ComparisonAdmin(admin.ModelAdmin):
-    list_display = ("pk", "conversation", "choice", "chosen", "strength", "rater", "decision_ms", "created_at")
-    list_filter = ("choice", "strength")
+    list_display = ("pk", "conversation", "task", "choice", "chosen", "strength", "rater", "decision_ms", "created_at")
+    list_filter = ("task", "choice", "strength")
     raw_id_fields = ("conversation", "parent", "chosen", "continued_from")

@@ -167,12 +167,24 @@ class Comparison(models.Model):
         SLIGHT = "slight"
         CLEAR = "clear"
 
+    class Task(models.TextChoices):
+        LIVE = "live", "Live session"
+        REVIEW = "review", "Review pass"
+
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="comparisons")
-    parent = models.OneToOneField(Turn, on_delete=models.CASCADE, related_name="comparison")
+    # One live vote per user turn (it steers the conversation), plus one per reviewer: the overlap
+    # that vote agreement is computed on.
+    parent = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="comparisons")
+    task = models.CharField(max_length=10, choices=Task.choices, default=Task.LIVE)
     choice = models.CharField(max_length=10, choices=Choice.choices)
     chosen = models.ForeignKey(Turn, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
     continued_from = models.ForeignKey(
-        Turn, on_delete=models.CASCADE, related_name="+", help_text="The turn that joined the lived path."
+        Turn,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="The turn that joined the lived path (live votes only: a review vote continues nothing).",
     )
     strength = models.CharField(max_length=10, choices=Strength.choices, blank=True)
     reason = models.TextField(blank=True)
@@ -187,7 +199,9 @@ class Comparison(models.Model):
             models.CheckConstraint(
                 condition=Q(choice="candidate", chosen__isnull=False) | ~Q(choice="candidate"),
                 name="comparison_candidate_needs_chosen",
-            )
+            ),
+            models.UniqueConstraint(fields=["parent", "rater"], name="comparison_once_per_rater"),
+            models.UniqueConstraint(fields=["parent"], condition=Q(task="live"), name="comparison_one_live_per_turn"),
         ]
 
     def __str__(self) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 
-from annotate.models import Conversation, Study, Turn
+from annotate.models import Comparison, Conversation, Study, Turn
 
 
 def _chain(turns: Iterable[Turn], tip_id: int | None) -> list[Turn]:
@@ -62,7 +62,8 @@ def transcript(conversation: Conversation) -> list[dict[str, object]]:
     Branches only ever start at a user turn (unchosen candidates get no children), so this
     shows the whole tree.
     """
-    turns = list(conversation.turns.select_related("model_config", "comparison"))
+    live_votes = Prefetch("comparisons", Comparison.objects.filter(task=Comparison.Task.LIVE), to_attr="live_votes")
+    turns = list(conversation.turns.select_related("model_config").prefetch_related(live_votes))
     path = _chain(turns, conversation.head_id)
     on_path = {t.pk for t in path}
     replies: dict[int, list[Turn]] = {}
@@ -72,6 +73,6 @@ def transcript(conversation: Conversation) -> list[dict[str, object]]:
     steps = []
     for t in path:
         if t.role == Turn.Role.USER:
-            comparison = getattr(t, "comparison", None)
+            comparison = t.live_votes[0] if t.live_votes else None  # type: ignore[attr-defined]
             steps.append({"user": t, "replies": replies.get(t.pk, []), "comparison": comparison, "on_path": on_path})
     return steps

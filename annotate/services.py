@@ -161,6 +161,32 @@ def turn_retry(*, conversation: Conversation, turn_id: int) -> Turn:
     return turn
 
 
+def comparison_clean(
+    *, candidates: list[Turn], choice: str, chosen_id: int | None, strength: str, reason: str
+) -> tuple[Turn | None, str, str]:
+    """Check a vote among `candidates` (live or review): the chosen turn, the strength and the reason to store.
+
+    A strength only goes with "one candidate is better" (clear unless said otherwise).
+    """
+    by_id = {c.pk: c for c in candidates}
+    if choice not in Comparison.Choice.values:
+        raise ActionRefused(f"Unknown choice {choice!r}.")
+    chosen = None
+    if choice == Comparison.Choice.CANDIDATE:
+        if chosen_id not in by_id:
+            raise ActionRefused("Pick one of the replies shown.")
+        chosen = by_id[chosen_id]
+        strength = strength or Comparison.Strength.CLEAR
+        if strength not in Comparison.Strength.values:
+            raise ActionRefused(f"Unknown strength {strength!r}.")
+    else:
+        strength = ""
+    reason = (reason or "").strip()
+    if len(reason) > 4000 or "\x00" in reason:
+        raise ActionRefused("The reason is too long (4,000 characters at most) or malformed.")
+    return chosen, strength, reason
+
+
 @transaction.atomic
 def comparison_record(
     *,
@@ -180,13 +206,14 @@ def comparison_record(
     """
     existing = Comparison.objects.filter(idempotency_key=idempotency_key).first()
     if existing is not None:
-        if existing.conversation_id != conversation.pk:
+        if existing.conversation_id != conversation.pk or existing.task != Comparison.Task.LIVE:
             raise ActionRefused("That request key belongs to another conversation.", status=409)
         return existing
     conversation = _locked(conversation)
     parent = selectors.awaiting_vote(conversation)
     if parent is None or parent.pk != parent_id:
-        if Comparison.objects.filter(parent_id=parent_id, conversation=conversation).exists():
+        live = Comparison.objects.filter(parent_id=parent_id, conversation=conversation, task=Comparison.Task.LIVE)
+        if live.exists():
             raise ActionRefused("You already chose a reply for this message.", status=409)
         raise ActionRefused("Those replies are not waiting for a choice.", status=409)
     candidates = selectors.candidates_of(parent)
@@ -199,22 +226,9 @@ def comparison_record(
         if missing:
             names = ", ".join(f"reply {c.label}" for c in missing)
             raise ActionRefused(f"This study asks you to tag every reply before choosing: tag {names}.", 409)
-    by_id = {c.pk: c for c in candidates}
-    if choice not in Comparison.Choice.values:
-        raise ActionRefused(f"Unknown choice {choice!r}.")
-    chosen = None
-    if choice == Comparison.Choice.CANDIDATE:
-        if chosen_id not in by_id:
-            raise ActionRefused("Pick one of the replies shown.")
-        chosen = by_id[chosen_id]
-        strength = strength or Comparison.Strength.CLEAR
-        if strength not in Comparison.Strength.values:
-            raise ActionRefused(f"Unknown strength {strength!r}.")
-    else:
-        strength = ""
-    reason = (reason or "").strip()
-    if len(reason) > 4000 or "\x00" in reason:
-        raise ActionRefused("The reason is too long (4,000 characters at most) or malformed.")
+    chosen, strength, reason = comparison_clean(
+        candidates=candidates, choice=choice, chosen_id=chosen_id, strength=strength, reason=reason
+    )
     continued_from = chosen or candidates[0]
     if rewrite_text.strip():
         base = chosen or candidates[0]

@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--conversations", type=int, default=2000)
     parser.add_argument("--tags", type=int, default=100_000)
     parser.add_argument("--posts", type=int, default=400, help="tag POSTs per client mode")
+    parser.add_argument("--web-workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--quick", action="store_true", help="200 conversations, 10k tags, 150 posts")
     args = parser.parse_args(argv)
     if args.quick:
@@ -144,21 +145,35 @@ def build_study(n_conversations: int, n_tags: int) -> dict[str, object]:
             seen.add(key)
             tags.append(Tag(turn=turn, label=label, rater=rater, task=task))
     Tag.objects.bulk_create(tags, batch_size=10_000)
-    # The timed tags go on a live conversation of the owner, with two finished candidates.
+    # The timed tags go on a live conversation of the owner: 100 messages with two finished
+    # replies each, so each reply gets a handful of tags, as in a real session.
     live = Conversation.objects.create(study=study, scenario=scenario, rater=owner)
-    user_turn = Turn.objects.create(conversation=live, role="user", depth=0, text=texts[0])
-    candidate = Turn.objects.create(
-        conversation=live, parent=user_turn, role="assistant", depth=1, position=0, status="done",
-        text="Do you mean a birthday party? How many guests are coming, and what is your budget?" * 4,
-        model_config=configs[0], finished_at=now,
-    )  # fmt: skip
-    Turn.objects.create(conversation=live, parent=user_turn, role="assistant", depth=1, position=1, status="done",
-                        text="Sure.", model_config=configs[1], finished_at=now)  # fmt: skip
-    live.head = user_turn
+    reply = "Do you mean a birthday party? How many guests are coming, and what is your budget?"
+    parent = None
+    targets = []
+    for depth in range(0, 200, 2):
+        user_turn = Turn.objects.create(conversation=live, parent=parent, role="user", depth=depth, text=texts[0])
+        pair = [
+            Turn.objects.create(
+                conversation=live,
+                parent=user_turn,
+                role="assistant",
+                depth=depth + 1,
+                position=p,
+                status="done",
+                text=reply,
+                model_config=configs[p],
+                finished_at=now,
+            )  # fmt: skip
+            for p in (0, 1)
+        ]
+        targets += [t.pk for t in pair]
+        parent = pair[0]
+    live.head = parent
     live.save(update_fields=["head"])
     span_labels = [lab.name for lab in by_role["assistant"] if lab.takes_span]
-    return {"owner": owner.username, "staff": staff.username, "slug": study.slug, "candidate": candidate.pk,
-            "text_length": len(candidate.text), "span_labels": span_labels}  # fmt: skip
+    return {"owner": owner.username, "staff": staff.username, "slug": study.slug, "targets": targets,
+            "text_length": len(reply), "span_labels": span_labels}  # fmt: skip
 
 
 def login(base_url: str, username: str):  # type: ignore[no-untyped-def]
@@ -184,11 +199,11 @@ def timed(call) -> float:  # type: ignore[no-untyped-def]
     return elapsed
 
 
-def post_tags(base_url: str, data: dict[str, object], combos: list[tuple[str, int]], out: list[float]) -> None:
-    """POST one new span tag per (label, start) pair, as one logged-in client."""
+def post_tags(base_url: str, data: dict[str, object], combos: list[tuple[int, str, int]], out: list[float]) -> None:
+    """POST one new span tag per (turn, label, start), as one logged-in client."""
     session = login(base_url, str(data["owner"]))
-    for label, start in combos:
-        payload = {"turn": data["candidate"], "label": label, "task": "live", "span_start": start,
+    for turn_id, label, start in combos:
+        payload = {"turn": turn_id, "label": label, "task": "live", "span_start": start,
                    "span_end": start + 5}  # fmt: skip
         out.append(timed(lambda p=payload: session.post(f"{base_url}/tags/", data=p)))
 
@@ -211,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
     log_dir = Path(tempfile.mkdtemp(prefix="tag_latency-"))
     port = free_port()
-    argv_web = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(port), "--no-access-log"]
+    argv_web = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(port), "--no-access-log",
+                "--workers", str(args.web_workers)]  # fmt: skip
     server = Child("web", argv_web, dict(os.environ), log_dir)
     try:
         server.wait_for("Application startup complete", timeout=60)
@@ -221,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             timed(lambda: rater.get(f"{base_url}/accounts/login/"))
         floor = [timed(lambda: rater.get(f"{base_url}/accounts/login/")) for _ in range(args.posts)]
         room = int(data["text_length"]) - 5  # type: ignore[call-overload]
-        combos = [(label, start) for label in data["span_labels"] for start in range(room)]  # type: ignore[attr-defined]
-        random.Random(1).shuffle(combos)
+        rng = random.Random(1)
+        targets: list[int] = data["targets"]  # type: ignore[assignment]
+        labels: list[str] = data["span_labels"]  # type: ignore[assignment]
+        combos = [(targets[i % len(targets)], rng.choice(labels), rng.randrange(room)) for i in range(2 * args.posts)]
         single: list[float] = []
         post_tags(base_url, data, combos[: args.posts], single)
         concurrent: list[float] = []
@@ -254,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         return (f"{name:34} p50 {percentile(values, 50):8.1f} ms   p99 {percentile(values, 99):8.1f} ms"
                 f"   n={len(values)}")  # fmt: skip
 
-    print(f"\ntag_latency  ({args.conversations:,} conversations, {args.tags:,} tags stored, PostgreSQL, uvicorn x1)")
+    print(
+        f"\ntag_latency  ({args.conversations:,} conversations, {args.tags:,} tags stored, PostgreSQL, "
+        f"uvicorn x{args.web_workers})"
+    )
     print(line("baseline: GET login page", floor))
     print(line("tag POST, 1 client", single))
     print(line("tag POST, 8 concurrent clients", concurrent))

@@ -18,9 +18,10 @@ Choices, each as simple as the data allows:
 * overall alpha: each coder's label set per turn, MASI distance;
 * pairwise Cohen's kappa: each distinct label set is a category (strict: {a} against {a, b}
   is a plain disagreement; MASI alpha is the lenient figure);
-* vote agreement: comparisons grouped by their user turn, value = the chosen slot (A, B, …),
-  "tie" or "all_bad". Each user turn belongs to one rater's conversation, so overlap needs
-  data imported from elsewhere; with none the page says so;
+* vote agreement: votes grouped by their user turn, the live rater's and the reviewers' (who give
+  their own preference at each branch point), over user turns with ≥ 2 votes; nominal alpha on
+  value = the chosen reply's id, "tie" or "all_bad", and the number of unanimous turns. Strength is
+  left out: "B, slight" and "B, clear" agree;
 * grounding rate: finished model replies (chosen or not, rewrites excluded) with at least one
   confirmed grounding-kind tag from anyone, per 100 replies, by model config; the human
   baseline is the same rate over the raters' own user turns. Untagged turns count as "no act",
@@ -91,7 +92,7 @@ class RaterFigures:
 
 @dataclass(frozen=True)
 class VoteFigures:
-    comparisons: int  # user turns voted by ≥ 2 raters
+    comparisons: int  # user turns voted by ≥ 2 raters (live and review votes)
     alpha: float | None
     unanimous: int
 
@@ -154,7 +155,8 @@ def _coded_turns(study: Study) -> tuple[dict[int, dict[int, set[int]]], dict[int
     roles: dict[int, str] = {}
     reply = Q(role=Turn.Role.ASSISTANT, status=Turn.Status.DONE)
     if not study.review_all_branches:
-        lived = Comparison.objects.filter(conversation__study=study).values("continued_from_id")
+        lived = Comparison.objects.filter(conversation__study=study, task=Comparison.Task.LIVE)
+        lived = lived.values("continued_from_id")
         reply &= Q(pk__in=lived)
     covered = (
         Turn.objects.filter(conversation__study=study, conversation__reviews__isnull=False)
@@ -251,12 +253,12 @@ def _label_figures(
 def _vote_figures(study: Study) -> VoteFigures:
     comparisons = Comparison.objects.filter(conversation__study=study).order_by()
     shared = comparisons.values("parent_id").annotate(raters=Count("rater_id", distinct=True)).filter(raters__gte=2)
-    units: dict[int, dict[int, str]] = defaultdict(dict)
+    units: dict[int, dict[int, int | str]] = defaultdict(dict)
     rows = comparisons.filter(parent_id__in=shared.values("parent_id")).values_list(
-        "parent_id", "rater_id", "choice", "chosen__position"
+        "parent_id", "rater_id", "choice", "chosen_id"
     )
-    for parent_id, rater_id, choice, position in rows:
-        units[parent_id][rater_id] = chr(ord("A") + position) if position is not None else choice
+    for parent_id, rater_id, choice, chosen_id in rows:
+        units[parent_id][rater_id] = chosen_id if chosen_id is not None else choice
     unanimous = sum(len(set(votes.values())) == 1 for votes in units.values())
     return VoteFigures(comparisons=len(units), alpha=agreement.krippendorff_alpha(units), unanimous=unanimous)
 

@@ -1,4 +1,4 @@
-"""Reads for tagging: the labels a study uses and the tags a rater put on turns."""
+"""Reads for tagging: the labels a study uses, the tags a rater put on turns, the review pass."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from django.db.models import Count, QuerySet
 
-from annotate.models import Conversation, Study, Turn
+from annotate.models import Comparison, Conversation, Study, Turn
 from annotate.selectors import lived_path
 from labeling.models import Label, ReviewAssignment, Tag
 from labeling.services import taxonomy_for
@@ -81,3 +81,20 @@ def review_turns(conversation: Conversation, *, all_branches: bool) -> list[Turn
             ordered.append(turn)
             ordered.extend(sorted(replies[turn.pk], key=lambda t: (t.position, t.pk)))
     return ordered
+
+
+def review_vote_steps(*, conversation: Conversation, rater: object, path: list[Turn]) -> dict[int, dict[str, object]]:
+    """The branch points a reviewer votes on, by user turn id: each user turn of the lived `path` with
+    at least two finished replies (as labeling.services.review_candidates), and the reviewer's vote."""
+    replies: dict[int, list[Turn]] = defaultdict(list)
+    finished = conversation.turns.filter(role=Turn.Role.ASSISTANT, is_rewrite=False, status=Turn.Status.DONE)
+    for turn in finished.order_by("position", "pk"):
+        replies[turn.parent_id or 0].append(turn)
+    votes = Comparison.objects.filter(conversation=conversation, rater=rater, task=Comparison.Task.REVIEW)
+    by_parent = {vote.parent_id: vote for vote in votes}
+    on_path = {t.pk for t in path}
+    return {
+        turn.pk: {"parent": turn, "candidates": replies[turn.pk], "vote": by_parent.get(turn.pk), "on_path": on_path}
+        for turn in path
+        if turn.role == Turn.Role.USER and len(replies[turn.pk]) >= 2
+    }

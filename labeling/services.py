@@ -1,7 +1,8 @@
-"""Writes for taxonomies and tags. Views, admin, commands and the live session come through here."""
+"""Writes for taxonomies, tags and the review pass. Views, admin, commands and the live session come through here."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from annotate.models import Conversation, Study, Turn
-from annotate.services import ActionRefused
+from annotate.models import Comparison, Conversation, Study, Turn
+from annotate.selectors import candidates_of
+from annotate.services import ActionRefused, comparison_clean
 from labeling.models import Label, ReviewAssignment, Tag, Taxonomy
 
 DEFAULT_TAXONOMY_FILE = Path(__file__).parent / "default_taxonomy.yaml"
@@ -248,3 +250,65 @@ def review_finish(*, rater: AbstractBaseUser, assignment_id: int) -> ReviewAssig
         assignment.done_at = timezone.now()
         assignment.save(update_fields=["status", "done_at"])
     return assignment
+
+
+def review_candidates(parent: Turn) -> list[Turn]:
+    """The replies a reviewer compares for a user turn: its finished candidates (rewrites and failures left out)."""
+    return [c for c in candidates_of(parent) if c.status == Turn.Status.DONE]
+
+
+@transaction.atomic
+def review_vote(
+    *,
+    rater: AbstractBaseUser,
+    assignment_id: int,
+    parent_id: int,
+    choice: str,
+    chosen_id: int | None = None,
+    strength: str = "",
+    reason: str = "",
+    idempotency_key: uuid.UUID,
+) -> Comparison:
+    """The reviewer's own preference among the replies to one user turn of the conversation they review.
+
+    Nothing is rewritten and the conversation does not move: the vote is only there to be compared
+    with the live rater's and the other reviewers'. Idempotent on `idempotency_key` (a resend returns
+    the vote stored); a new vote on a message the reviewer already voted on replaces that vote, as
+    tags can be removed while a review is open. Anyone else's review is a 404, a finished one a 409.
+    """
+    # The lock serialises one reviewer's votes, so two quick changes cannot both insert.
+    assignment = ReviewAssignment.objects.select_for_update().filter(pk=assignment_id, rater=rater).first()
+    if assignment is None:
+        raise ActionRefused("No such review.", status=404)
+    existing = Comparison.objects.filter(idempotency_key=idempotency_key).first()
+    if existing is not None:
+        if (existing.task, existing.rater_id, existing.conversation_id) != (
+            Comparison.Task.REVIEW,
+            rater.pk,
+            assignment.conversation_id,
+        ):
+            raise ActionRefused("That request key belongs to another vote.", status=409)
+        return existing
+    if assignment.status != ReviewAssignment.Status.OPEN:
+        raise ActionRefused("This review is finished: its votes can no longer change.", status=409)
+    parent = Turn.objects.filter(pk=parent_id, conversation_id=assignment.conversation_id).first()
+    if parent is None:
+        raise ActionRefused("No such message in the conversation you are reviewing.", status=404)
+    if parent.role != Turn.Role.USER:
+        raise ActionRefused("Votes compare the replies to a user message; this turn is a reply.")
+    candidates = review_candidates(parent)
+    if len(candidates) < 2:
+        raise ActionRefused("This message has fewer than two finished replies: there is nothing to compare.")
+    chosen, strength, reason = comparison_clean(
+        candidates=candidates, choice=choice, chosen_id=chosen_id, strength=strength, reason=reason
+    )
+    vote = Comparison.objects.filter(parent=parent, rater=rater).first()
+    if vote is not None and vote.task != Comparison.Task.REVIEW:
+        raise ActionRefused("You already voted on this message in the live session.", status=409)
+    if vote is None:
+        vote = Comparison(conversation_id=assignment.conversation_id, parent=parent, rater=rater)
+        vote.task = Comparison.Task.REVIEW
+    vote.choice, vote.chosen, vote.strength, vote.reason = choice, chosen, strength, reason
+    vote.idempotency_key = idempotency_key
+    vote.save()
+    return vote

@@ -13,5 +13,6 @@ urlpatterns = [
     path("review/studies/<slug:slug>/next/", review.review_next, name="review_next"),
     path("review/<int:pk>/", review.review_detail, name="review_detail"),
     path("review/<int:pk>/done/", review.review_done, name="review_done"),
+    path("review/<int:pk>/vote/", review.review_vote, name="review_vote"),
     path("studies/<slug:slug>/dashboard/", dashboard.study_dashboard, name="dashboard"),
 ]

@@ -1,16 +1,22 @@
-"""The review pass: a rater claims a finished conversation of someone else's and tags it turn by turn."""
+"""The review pass: a rater claims a finished conversation of someone else's, tags it turn by turn and
+gives their own preference at each branch point (the replies to each user message).
+
+The vote form is one fragment per user turn (``labeling/_review_vote.html``, id ``review-vote-<turn>``):
+htmx swaps it with the saved vote, or with the refusal shown inside it and a 4xx status."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from annotate import selectors as annotate_selectors
-from annotate.models import Study, Turn
+from annotate.models import Comparison, Study, Turn
 from annotate.services import ActionRefused
 from labeling import selectors, services
 from labeling.models import ReviewAssignment, Tag
@@ -61,6 +67,7 @@ def review_detail(request: HttpRequest, pk: int) -> HttpResponse:
     on_path = {t.pk for t in path}
     labels = selectors.labels_for(study)
     tags = selectors.tags_by_turn(turn_ids=[t.pk for t in turns], rater=request.user, task=Tag.Task.REVIEW)
+    steps = selectors.review_vote_steps(conversation=conversation, rater=request.user, path=path)
     rows: list[dict[str, Any]] = [
         {
             "turn": turn,
@@ -74,11 +81,87 @@ def review_detail(request: HttpRequest, pk: int) -> HttpResponse:
         }
         for turn in turns
     ]
+    for index, row in enumerate(rows):
+        # A user turn's vote form follows the last of its rows (the turn itself, then its replies).
+        following = rows[index + 1]["turn"] if index + 1 < len(rows) else None
+        turn = row["turn"]
+        row["vote_form"] = None
+        if following is None or following.role == Turn.Role.USER:
+            step = steps.get(turn.pk if turn.role == Turn.Role.USER else turn.parent_id)
+            row["vote_form"] = _vote_context(assignment, step) if step else None
     return render(
         request,
         "labeling/review_detail.html",
         {"assignment": assignment, "conversation": conversation, "study": study, "rows": rows},
     )
+
+
+def _vote_context(assignment: ReviewAssignment, step: dict[str, Any], error: str = "") -> dict[str, Any]:
+    return {
+        **step,
+        "assignment": assignment,
+        "open": assignment.status == ReviewAssignment.Status.OPEN,
+        "request_key": uuid.uuid4(),  # fresh per form shown: a resend of the same post stores one vote
+        "error": error,
+    }
+
+
+def _post_int(request: HttpRequest, name: str) -> int | None:
+    value = request.POST.get(name, "")
+    try:
+        return int(value) if value else None
+    except ValueError:
+        raise ActionRefused(f"{name} must be a whole number, not {value[:20]!r}.") from None
+
+
+@login_required
+@require_POST
+def review_vote(request: HttpRequest, pk: int) -> HttpResponse:
+    """Save the reviewer's vote on one user turn's replies; htmx gets the vote form back."""
+    post = request.POST
+    choice = post.get("choice", "")
+    chosen_id = None
+    if choice.isdigit():  # as in the live form: a candidate's id means "this one is better"
+        chosen_id, choice = int(choice), Comparison.Choice.CANDIDATE
+    parent_id = None
+    error: ActionRefused | None = None
+    try:
+        parent_id = _post_int(request, "parent")
+        try:
+            key = uuid.UUID(post.get("idempotency_key", ""))
+        except ValueError:
+            raise ActionRefused("The form is missing its request key; reload the page and try again.") from None
+        services.review_vote(
+            rater=request.user,
+            assignment_id=pk,
+            parent_id=parent_id or 0,
+            choice=choice,
+            chosen_id=chosen_id,
+            strength=post.get("strength", ""),
+            reason=post.get("reason", ""),
+            idempotency_key=key,
+        )
+    except ActionRefused as exc:
+        error = exc
+    assignment = ReviewAssignment.objects.filter(pk=pk, rater=request.user).select_related("conversation").first()
+    step = None
+    if assignment is not None and parent_id is not None:
+        path = annotate_selectors.lived_path(assignment.conversation)
+        steps = selectors.review_vote_steps(conversation=assignment.conversation, rater=request.user, path=path)
+        step = steps.get(parent_id)
+    if not request.htmx:
+        if error is not None:
+            return _refused(request, error)
+        return redirect(reverse("labeling:review_detail", args=[pk]) + f"#review-vote-{parent_id}")
+    if assignment is None or step is None:
+        # Someone else's review, or a turn that takes no vote: no form to show it in, so the page's #errors.
+        error = error or ActionRefused("No such message in the conversation you are reviewing.", status=404)
+        response = render(request, "annotate/_error.html", {"error": error.message}, status=error.status)
+        response["HX-Retarget"] = "#errors"
+        response["HX-Reswap"] = "innerHTML"
+        return response
+    context = _vote_context(assignment, step, error.message if error else "")
+    return render(request, "labeling/_review_vote.html", context, status=error.status if error else 200)
 
 
 @login_required

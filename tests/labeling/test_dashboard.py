@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,7 +139,7 @@ def test_agreement_figures(study_data, django_assert_max_num_queries):
     assert pairs[frozenset(("live", "r2"))] == (0.0, 1)
     assert len(pairs) == 3
 
-    # Each user turn is voted by its own rater only.
+    # Each user turn is voted by its own rater only (no review votes here).
     assert (dashboard.votes.comparisons, dashboard.votes.alpha) == (0, None)
 
 
@@ -160,6 +161,42 @@ def test_counts_activity_and_suggestions(study_data):
     assert raters["live"].median_decision_ms == 2000  # median of 1000 and 3000
     assert (raters["live2"].conversations, raters["live2"].votes, raters["live2"].median_decision_ms) == (1, 0, None)
     assert (raters["r1"].tags, raters["r1"].reviews, raters["r2"].tags, raters["r2"].reviews) == (4, 1, 3, 1)
+
+
+def _review_vote(reviewer: Any, parent: Turn, **fields: Any) -> Comparison:
+    assignment = ReviewAssignment.objects.get(rater=reviewer, conversation_id=parent.conversation_id)
+    return labeling.review_vote(
+        rater=reviewer, assignment_id=assignment.pk, parent_id=parent.pk, idempotency_key=uuid.uuid4(), **fields
+    )
+
+
+def test_vote_agreement_over_live_and_review_votes(study_data, client, make_user):
+    t = study_data.turns
+    _review_vote(study_data.first, t["u1"], choice="candidate", chosen_id=t["a1"].pk)
+    _review_vote(study_data.second, t["u1"], choice="candidate", chosen_id=t["b1"].pk)
+    _review_vote(study_data.first, t["u2"], choice="candidate", chosen_id=t["b2"].pk, strength="slight")
+    _review_vote(study_data.second, t["u2"], choice="candidate", chosen_id=t["b2"].pk)
+    # u1: live a1, r1 a1, r2 b1; u2: b2 ×3 (strength does not count). Values a1 ×2, b1, b2 ×3; n = 6.
+    # o[a1,a1] = 2/2, o[a1,b1] = o[b1,a1] = 2/2, o[b2,b2] = 6/2: D_o = 2/6 = 1/3.
+    # D_e = 2 (2*1 + 2*3 + 1*3) / (6*5) = 22/30 = 11/15, alpha = 1 - (1/3)/(11/15) = 1 - 5/11 = 6/11.
+    votes = study_dashboard(study=study_data.study).votes
+    assert (votes.comparisons, votes.alpha, votes.unanimous) == (2, pytest.approx(6 / 11), 1)
+
+    # r2 changes their mind on u2: a tie. u2: b2, b2, tie. Values a1 ×2, b1, b2 ×2, tie; n = 6.
+    # o: a1-b1 ×2, b2-tie ×2 off the diagonal → D_o = 4/6 = 2/3. Unordered n_c n_k over c ≠ k:
+    # a1b1 2, a1b2 4, a1tie 2, b1b2 2, b1tie 1, b2tie 2 → 13, D_e = 26/30 = 13/15, alpha = 1 - 10/13 = 3/13.
+    _review_vote(study_data.second, t["u2"], choice="tie")
+    dashboard = study_dashboard(study=study_data.study)
+    assert (dashboard.votes.comparisons, dashboard.votes.alpha, dashboard.votes.unanimous) == (
+        2, pytest.approx(3 / 13), 0,
+    )  # fmt: skip
+    raters = {r.username: r for r in dashboard.raters}
+    assert (raters["r1"].votes, raters["r1"].median_decision_ms, raters["live"].votes) == (2, None, 2)
+    assert dashboard.coded_turns == 4  # votes are not tags: the label agreement is unchanged
+
+    client.force_login(make_user("staff", is_staff=True))
+    html = client.get(reverse("labeling:dashboard", args=[study_data.study.slug])).content.decode()
+    assert "2 user turns voted by several raters" in html and "0.231" in html
 
 
 def test_grounding_rates_per_model_against_user_baseline(study_data):

@@ -26,6 +26,9 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
         parser.add_argument("--concurrency", type=int, default=2, help="Worker processes (each loads the model)")
         parser.add_argument("--no-worker", action="store_true", help="Only the web server")
+        parser.add_argument(
+            "--web-workers", type=int, default=1, help="uvicorn processes (Django runs sync views on one thread each)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         env = dict(os.environ)
@@ -43,6 +46,8 @@ class Command(BaseCommand):
                 "--port",
                 str(options["port"]),
                 "--no-access-log",
+                "--workers",
+                str(options["web_workers"]),
             ],
         ]
         if not options["no_worker"]:
