@@ -24,6 +24,7 @@ from annotate.models import Comparison, Conversation, Turn
 from tests.conftest import wait_until
 from workers.tasks import sample_turn_task
 
+SUCCEEDED = re.compile(r"sample_turn_task\[[^]]+\] succeeded in [\d.]+s: 'done'")
 LONG = 800  # tokens: seconds of generation on the tiny model, so it is surely killed midway
 
 
@@ -96,7 +97,8 @@ def test_killed_pool_process_is_replaced_and_the_turn_finishes_once(
     log = worker.output()
     assert "WorkerLostError" in log
     assert "Retry in" not in log  # taken over at once as a redelivery, not after the lease
-    assert re.search(r"sample_turn_task\[[^]]+\] succeeded in [\d.]+s: 'done'", log), log[-3000:]
+    # The row is DONE a moment before the worker logs the task's success.
+    wait_until(lambda: SUCCEEDED.search(worker.output()), timeout=20, what="task success logged")
     wait_until(lambda: broker_drained(broker_url), timeout=10, what="broker drained")
 
 
@@ -136,7 +138,7 @@ def test_whole_worker_killed_then_a_new_worker_restores_the_message(
     assert claimed_pid(turn) in {child.pid for child in psutil.Process(second.proc.pid).children()}
     log = second.output()
     assert "Retry in" not in log
-    assert re.search(r"sample_turn_task\[[^]]+\] succeeded in [\d.]+s: 'done'", log), log[-3000:]
+    wait_until(lambda: SUCCEEDED.search(second.output()), timeout=20, what="task success logged")
     wait_until(lambda: broker_drained(broker_url), timeout=10, what="broker drained")
 
 
@@ -170,5 +172,5 @@ def test_unflagged_message_for_a_held_turn_retries_until_the_lease_runs_out(
     wait_until(lambda: is_done(turn_id), timeout=60, what="turn done")
     turn = assert_finished_once(conversation, user_turn, tokens=24, not_by={4242})
     assert claimed_pid(turn) in {child.pid for child in psutil.Process(worker.proc.pid).children()}
-    assert re.search(r"sample_turn_task\[[^]]+\] succeeded in [\d.]+s: 'done'", worker.output())
+    wait_until(lambda: SUCCEEDED.search(worker.output()), timeout=20, what="task success logged")
     wait_until(lambda: broker_drained(broker_url), timeout=10, what="broker drained")
