@@ -296,20 +296,28 @@ def _raters(study: Study, tags: Counter[int]) -> dict[int, RaterFigures]:
 
 
 def _grounding_rates(study: Study) -> tuple[list[GroundingRate], GroundingRate]:
-    # An uncorrelated IN (a hashed subplan) is far cheaper than EXISTS per turn on large studies.
-    grounded = Tag.objects.filter(CONFIRMED, turn__conversation__study=study, label__kind=Label.Kind.GROUNDING)
-    rows = (
-        Turn.objects.filter(conversation__study=study, status=Turn.Status.DONE, is_rewrite=False)
-        .values("role", "model_config__name")
-        .annotate(turns=Count("pk"), grounded=Count("pk", filter=Q(pk__in=grounded.values("turn_id"))))
-        .order_by("model_config__name")
+    # Two flat scans counted here: PostgreSQL ran COUNT(...) FILTER (WHERE id IN (subquery)) as
+    # 3.5 s on a 2,000-conversation study; the grounded turn ids fit in a set.
+    grounded = set(
+        Tag.objects.filter(CONFIRMED, turn__conversation__study=study, label__kind=Label.Kind.GROUNDING)
+        .order_by()
+        .values_list("turn_id", flat=True)
     )
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    turns = (
+        Turn.objects.filter(conversation__study=study, status=Turn.Status.DONE, is_rewrite=False)
+        .order_by()
+        .values_list("pk", "role", "model_config__name")
+    )
+    for pk, role, model_name in turns:
+        key = (role, "" if role == Turn.Role.USER else (model_name or "—"))
+        counts[key][0] += 1
+        counts[key][1] += pk in grounded
     models: list[GroundingRate] = []
     baseline = GroundingRate(name="Users (human baseline)", turns=0, grounded=0)
-    for row in rows:
-        if row["role"] == Turn.Role.USER:
-            baseline = GroundingRate(name=baseline.name, turns=row["turns"], grounded=row["grounded"])
+    for (role, name), (n, hits) in sorted(counts.items(), key=lambda item: item[0][1]):
+        if role == Turn.Role.USER:
+            baseline = GroundingRate(name=baseline.name, turns=n, grounded=hits)
         else:
-            name = row["model_config__name"] or "—"
-            models.append(GroundingRate(name=name, turns=row["turns"], grounded=row["grounded"]))
+            models.append(GroundingRate(name=name, turns=n, grounded=hits))
     return models, baseline
