@@ -47,6 +47,14 @@ def clean_text(text: str | None, *, limit: int, what: str = "message") -> str:
     return text
 
 
+def clean_note(text: str | None, *, what: str) -> str:
+    """Validate an optional free-text note (a vote's reason, the survey comment); empty is fine."""
+    text = (text or "").strip()
+    if len(text) > 4000 or "\x00" in text:
+        raise ActionRefused(f"The {what} is too long (4,000 characters at most) or malformed.")
+    return text
+
+
 def _locked(conversation: Conversation) -> Conversation:
     locked = (
         Conversation.objects.select_for_update(of=("self",)).select_related("study", "head").get(pk=conversation.pk)
@@ -181,9 +189,7 @@ def comparison_clean(
             raise ActionRefused(f"Unknown strength {strength!r}.")
     else:
         strength = ""
-    reason = (reason or "").strip()
-    if len(reason) > 4000 or "\x00" in reason:
-        raise ActionRefused("The reason is too long (4,000 characters at most) or malformed.")
+    reason = clean_note(reason, what="reason")
     return chosen, strength, reason
 
 
@@ -284,9 +290,7 @@ def conversation_finish(
         score = 0
     if not 1 <= score <= 5:
         raise ActionRefused("Rate how well the assistant understood you, from 1 to 5.")
-    comment = (comment or "").strip()
-    if len(comment) > 4000 or "\x00" in comment:
-        raise ActionRefused("The comment is too long (4,000 characters at most) or malformed.")
+    comment = clean_note(comment, what="comment")
     current.status = Conversation.Status.COMPLETED
     current.outcome_goal = goal
     current.outcome_understanding = score
