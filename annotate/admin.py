@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import path
+from django.urls import path, reverse
 
 from annotate import services
 from annotate.models import Comparison, Conversation, Scenario, Study, Turn
@@ -28,6 +30,13 @@ class StudyAdmin(admin.ModelAdmin):
     filter_horizontal = ("model_pool",)
     inlines = [ScenarioInline]
     change_form_template = "admin/annotate/study/change_form.html"
+    actions = ["export_dataset"]
+
+    @admin.action(description="Export dataset…")
+    def export_dataset(self, request: HttpRequest, queryset: Any) -> HttpResponse:
+        """Opens the export form for the (first) selected study."""
+        study = queryset.order_by("pk").first()
+        return redirect(f"{reverse('admin:labeling_datasetexport_add')}?study={study.pk}")
 
     def get_urls(self):  # type: ignore[no-untyped-def]
         custom = [

@@ -154,6 +154,12 @@ if CELERY_BROKER_URL.startswith("filesystem"):
     )
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
 
+# --- Exports ------------------------------------------------------------------------------
+# Where exports requested in admin are written (one directory per export).
+EXPORT_DIR = Path(os.environ.get("EXPORT_DIR") or VAR_DIR / "exports")
+# A running export whose worker has reported no progress for this long may be taken over.
+EXPORT_LEASE_SECONDS = envfloat("EXPORT_LEASE_SECONDS", 60.0)
+
 # --- Generation ---------------------------------------------------------------------------
 # A streaming turn whose worker has written nothing for this long may be taken over.
 TURN_LEASE_SECONDS = envfloat("TURN_LEASE_SECONDS", 60.0)

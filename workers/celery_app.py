@@ -1,4 +1,4 @@
-"""The Celery app. Generation and (later) exports run on separate queues.
+"""The Celery app. Generation, tag suggestions and exports run on separate queues.
 
 Reliability settings follow one rule: a task is acknowledged only after it finished, and a
 redelivered task is harmless because every task claims its row with a conditional update.
@@ -31,6 +31,7 @@ app.conf.update(
         "workers.tasks.sample_turn_task": {"queue": "generation"},
         # Tag suggestions never wait behind, or hold up, a generation.
         "workers.tasks.suggest_tags_task": {"queue": "suggestions"},
+        "workers.tasks.export_dataset_task": {"queue": "exports"},
     },
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
@@ -47,6 +48,6 @@ def _preload_models(**_: object) -> None:
 
 
 def worker_argv(*, concurrency: int, name: str = "generation@%h") -> list[str]:
-    """The command that starts a worker for generation and suggestions (`serve`, the tests, bench/)."""
-    return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "generation,suggestions",
+    """The command that starts a worker for every queue (`serve`, the tests, bench/)."""
+    return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "generation,suggestions,exports",
             "-c", str(concurrency), "--loglevel", "INFO", "-n", name]  # fmt: skip

@@ -25,3 +25,16 @@ def suggest_tags_task(turn_id: int) -> int:
     from labeling.suggestions import suggest_for_turn
 
     return len(suggest_for_turn(turn_id=turn_id))
+
+
+@shared_task(
+    bind=True, name="workers.tasks.export_dataset_task", max_retries=100, soft_time_limit=3600, time_limit=3660
+)
+def export_dataset_task(self: Any, export_id: int) -> str:
+    """Build a dataset export requested in admin (labeling.services.export_run)."""
+    from labeling.services import export_run
+
+    outcome = export_run(export_id=export_id)
+    if outcome == "busy":  # a redelivered copy while the first run still reports progress
+        raise self.retry(countdown=settings.EXPORT_LEASE_SECONDS)
+    return outcome

@@ -1,0 +1,359 @@
+"""What an export reads: the parameters, and the study's conversations a chunk at a time.
+
+A chunk is a few hundred conversations fetched with four flat `values_list` queries (keyset
+pagination on the conversation id), so memory depends on the chunk size, never on the study.
+The rows are plain tuples wrapped in small slotted classes: building model instances for
+millions of turns would cost more than the export itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db.models import Q
+
+from annotate.models import Comparison, Conversation, Study, Turn
+from labeling.models import Label, Tag
+from labeling.selectors import labels_for
+from workers.models import ModelConfig
+
+FORMATS = ("dpo", "kto", "reward", "tree", "arena", "multiturn", "segments")
+FILE_FORMATS = ("jsonl", "parquet")
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """Everything that decides an export's content; recorded in the manifest."""
+
+    study: str
+    format: str
+    file_format: str = "jsonl"
+    gzip: bool = False
+    since: dt.date | None = None  # conversations started on or after this day (UTC)
+    until: dt.date | None = None  # ... and before the end of this day
+    raters: tuple[str, ...] = ()  # usernames whose judgements are kept
+    models: tuple[str, ...] = ()  # model config names; rows involving any other model are dropped
+    min_agreement: float | None = None
+    completed_only: bool = False
+    include_ties: bool = False  # dpo/reward/segments: tie and all-bad votes as pairs, marked by `choice`
+    gamma: float = 0.9  # multiturn: discount of later feedback and of the outcome
+    grounding_weight: float = 0.0  # multiturn: reward per grounding act on the turn
+    segment_turns: int = 3  # segments: longest segment, in messages
+    licence: str = "other"
+
+    @classmethod
+    def from_manifest(cls, data: dict[str, Any]) -> ExportParams:
+        """The inverse of `as_manifest` (a stored export request is re-run from its JSON)."""
+        values = dict(data)
+        for name in ("since", "until"):
+            if values.get(name):
+                values[name] = dt.date.fromisoformat(values[name])
+        for name in ("raters", "models"):
+            values[name] = tuple(values.get(name) or ())
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+    def as_manifest(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = (
+                value.isoformat() if isinstance(value, dt.date) else list(value) if isinstance(value, tuple) else value
+            )
+        return out
+
+
+@dataclass(slots=True)
+class TurnRow:
+    id: int
+    parent_id: int | None
+    role: str
+    depth: int
+    position: int
+    text: str
+    status: str
+    error: str
+    model: str | None
+    params: dict[str, Any]
+    system_prompt: str
+    seed: int | None
+    is_rewrite: bool
+    rewrite_of_id: int | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    first_token_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    children: list[TurnRow] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class VoteRow:
+    id: int
+    parent_id: int
+    task: str
+    choice: str
+    chosen_id: int | None
+    continued_from_id: int | None
+    strength: str
+    reason: str
+    decision_ms: int | None
+    rater: str  # pseudonym
+    rater_username: str
+    created_at: dt.datetime
+
+
+@dataclass(slots=True)
+class TagRow:
+    turn_id: int
+    label: str
+    kind: str
+    polarity: int
+    rater: str
+    task: str
+    source: str
+    span_start: int | None
+    span_end: int | None
+    linked_turn_id: int | None
+
+
+@dataclass(slots=True)
+class ConversationData:
+    """One conversation, its whole tree, its votes and confirmed tags."""
+
+    id: int
+    study: str
+    scenario: dict[str, str]
+    rater: str
+    rater_username: str
+    status: str
+    head_id: int | None
+    outcome_goal: str
+    outcome_understanding: int | None
+    outcome_comment: str
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    turns: dict[int, TurnRow] = field(default_factory=dict)
+    votes: list[VoteRow] = field(default_factory=list)
+    tags: dict[int, list[TagRow]] = field(default_factory=dict)
+
+    def lived_path(self) -> list[TurnRow]:
+        path: list[TurnRow] = []
+        tip = self.head_id
+        while tip is not None and tip in self.turns:
+            path.append(self.turns[tip])
+            tip = self.turns[tip].parent_id
+        path.reverse()
+        return path
+
+    def path_to(self, turn_id: int) -> list[TurnRow]:
+        """Root → `turn_id`, both included."""
+        path: list[TurnRow] = []
+        tip: int | None = turn_id
+        while tip is not None:
+            path.append(self.turns[tip])
+            tip = self.turns[tip].parent_id
+        path.reverse()
+        return path
+
+    def votes_on(self, parent_id: int) -> list[VoteRow]:
+        return [v for v in self.votes if v.parent_id == parent_id]
+
+
+def pseudonym(user_id: int) -> str:
+    """Raters appear in datasets by a stable pseudonym, never by username (often a crowd id)."""
+    return f"rater-{user_id}"
+
+
+@dataclass
+class Selection:
+    """The study, the conversations an export covers, and lookups shared by every chunk."""
+
+    params: ExportParams
+    study: Study
+    labels: list[Label]
+    model_names: dict[int, str]
+    usernames: dict[int, str]
+    rater_ids: set[int] | None  # None: every rater
+
+    def conversations(self) -> Any:
+        p = self.params
+        qs = Conversation.objects.filter(study=self.study)
+        if p.completed_only:
+            qs = qs.filter(status=Conversation.Status.COMPLETED)
+        if p.since:
+            qs = qs.filter(started_at__gte=dt.datetime.combine(p.since, dt.time.min, tzinfo=dt.UTC))
+        if p.until:
+            end = dt.datetime.combine(p.until + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
+            qs = qs.filter(started_at__lt=end)
+        return qs
+
+    def count(self) -> int:
+        return self.conversations().count()
+
+    def chunks(self, *, size: int = 400) -> Iterator[list[ConversationData]]:
+        """The selected conversations in id order, `size` at a time, fully loaded."""
+        last = 0
+        while True:
+            rows = list(
+                self.conversations()
+                .filter(id__gt=last)
+                .order_by("id")
+                .values_list(
+                    "id", "scenario__external_id", "scenario__title", "scenario__brief", "scenario__hidden_intent",
+                    "rater_id", "status", "head_id", "outcome_goal", "outcome_understanding", "outcome_comment",
+                    "started_at", "ended_at",
+                )[:size]
+            )  # fmt: skip
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield self._load(rows)
+
+    def _load(self, rows: list[tuple[Any, ...]]) -> list[ConversationData]:
+        slug = self.study.slug
+        by_id: dict[int, ConversationData] = {}
+        for cid, ext, title, brief, intent, rater_id, status, head, goal, und, comment, started, ended in rows:
+            by_id[cid] = ConversationData(
+                id=cid,
+                study=slug,
+                scenario={"external_id": ext, "title": title, "brief": brief, "hidden_intent": intent},
+                rater=pseudonym(rater_id),
+                rater_username=self._username(rater_id),
+                status=status,
+                head_id=head,
+                outcome_goal=goal,
+                outcome_understanding=und,
+                outcome_comment=comment,
+                started_at=started,
+                ended_at=ended,
+            )
+        ids = list(by_id)
+        turn_fields = (
+            "conversation_id", "id", "parent_id", "role", "depth", "position", "text", "status", "error",
+            "model_config_id", "params", "system_prompt", "seed", "is_rewrite", "rewrite_of_id", "prompt_tokens",
+            "completion_tokens", "created_at", "started_at", "first_token_at", "finished_at",
+        )  # fmt: skip
+        turns = Turn.objects.filter(conversation_id__in=ids).order_by("conversation_id", "depth", "position", "id")
+        for cid, tid, parent, *rest in turns.values_list(*turn_fields):
+            role, depth, position, text, status, error, model_id, params, system, seed, rewrite, of, pt, ct = rest[:14]
+            conv = by_id[cid]
+            turn = TurnRow(
+                tid, parent, role, depth, position, text, status, error, self.model_names.get(model_id),
+                params, system, seed, rewrite, of, pt, ct, *rest[14:],
+            )  # fmt: skip
+            conv.turns[tid] = turn
+            if parent is not None and parent in conv.turns:
+                conv.turns[parent].children.append(turn)
+        votes = Comparison.objects.filter(conversation_id__in=ids).order_by("conversation_id", "parent_id", "id")
+        vote_fields = (
+            "conversation_id", "id", "parent_id", "task", "choice", "chosen_id", "continued_from_id", "strength",
+            "reason", "decision_ms", "rater_id", "created_at",
+        )  # fmt: skip
+        for cid, vid, parent, task, choice, chosen, cont, strength, reason, ms, rater_id, created in votes.values_list(
+            *vote_fields
+        ):
+            by_id[cid].votes.append(
+                VoteRow(
+                    vid,
+                    parent,
+                    task,
+                    choice,
+                    chosen,
+                    cont,
+                    strength,
+                    reason,
+                    ms,
+                    pseudonym(rater_id),
+                    self._username(rater_id),
+                    created,
+                )  # fmt: skip
+            )
+        labels = {label.pk: label for label in self.labels}
+        tags = (
+            Tag.objects.filter(turn__conversation_id__in=ids, status=Tag.Status.CONFIRMED)
+            .order_by("turn__conversation_id", "turn_id", "id")
+            .values_list(
+                "turn__conversation_id", "turn_id", "label_id", "rater_id", "task", "source", "span_start", "span_end",
+                "linked_turn_id",
+            )
+        )  # fmt: skip
+        for cid, turn_id, label_id, rater_id, task, source, start, end, linked in tags:
+            label = labels.get(label_id)
+            if label is None:  # a label of another taxonomy (the study's taxonomy was changed)
+                continue
+            by_id[cid].tags.setdefault(turn_id, []).append(
+                TagRow(
+                    turn_id,
+                    label.name,
+                    label.kind,
+                    label.polarity,
+                    pseudonym(rater_id),
+                    task,
+                    source,
+                    start,
+                    end,
+                    linked,
+                )  # fmt: skip
+            )
+        return list(by_id.values())
+
+    def _username(self, user_id: int) -> str:
+        name = self.usernames.get(user_id)
+        if name is None:
+            name = get_user_model().objects.filter(pk=user_id).values_list("username", flat=True).first() or ""
+            self.usernames[user_id] = name
+        return name
+
+    def keeps_vote(self, vote: VoteRow) -> bool:
+        return self.rater_ids is None or vote.rater_username in self.params.raters
+
+    def keeps_models(self, *names: str | None) -> bool:
+        return not self.params.models or all(name in self.params.models for name in names)
+
+
+def selection_open(params: ExportParams, *, refuse: Callable[[str], Exception]) -> Selection:
+    """Check the parameters against the database; `refuse(message)` builds the error raised."""
+    if params.format not in FORMATS:
+        raise refuse(f"Unknown format “{params.format}”. Choose one of: {', '.join(FORMATS)}.")
+    if params.file_format not in FILE_FORMATS:
+        raise refuse(f"Unknown file format “{params.file_format}”. Choose jsonl or parquet.")
+    if params.gzip and params.file_format != "jsonl":
+        raise refuse("gzip applies to JSONL only (Parquet is compressed already).")
+    if params.min_agreement is not None and not 0 <= params.min_agreement <= 1:
+        raise refuse("The minimum agreement is a share between 0 and 1.")
+    if not 0 <= params.gamma <= 1:
+        raise refuse("γ (gamma) must be between 0 and 1.")
+    if params.segment_turns < 1:
+        raise refuse("Segments need at least one message.")
+    if params.since and params.until and params.since > params.until:
+        raise refuse("The date range is empty: 'since' is after 'until'.")
+    study = Study.objects.filter(slug=params.study).first()
+    if study is None:
+        known = ", ".join(Study.objects.order_by("slug").values_list("slug", flat=True)) or "none yet"
+        raise refuse(f"No study “{params.study}”. Studies: {known}.")
+    users = get_user_model().objects.filter(Q(conversations__study=study) | Q(comparisons__conversation__study=study))
+    usernames = dict(users.distinct().values_list("pk", "username"))
+    rater_ids = None
+    if params.raters:
+        unknown = sorted(set(params.raters) - set(usernames.values()))
+        if unknown:
+            raise refuse(f"No rater in this study is called: {', '.join(unknown)}.")
+        rater_ids = {pk for pk, name in usernames.items() if name in params.raters}
+    model_names = dict(ModelConfig.objects.values_list("pk", "name"))
+    if params.models:
+        unknown = sorted(set(params.models) - set(model_names.values()))
+        if unknown:
+            raise refuse(f"No model config is called: {', '.join(unknown)}.")
+    return Selection(
+        params=params,
+        study=study,
+        labels=list(labels_for(study)),
+        model_names=model_names,
+        usernames=usernames,
+        rater_ids=rater_ids,
+    )
