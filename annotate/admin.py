@@ -34,8 +34,10 @@ class StudyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Export dataset…")
     def export_dataset(self, request: HttpRequest, queryset: Any) -> HttpResponse:
-        """Opens the export form for the (first) selected study."""
+        """Opens the export form for the selected study (an export covers one study)."""
         study = queryset.order_by("pk").first()
+        if queryset.count() > 1:
+            messages.warning(request, f"An export covers one study: the form is open for “{study}”.")
         return redirect(f"{reverse('admin:labeling_datasetexport_add')}?study={study.pk}")
 
     def get_urls(self):  # type: ignore[no-untyped-def]

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path
+from django.utils.http import content_disposition_header
 
 from annotate.models import Study
 from annotate.services import ActionRefused
@@ -191,7 +194,8 @@ class DatasetExportAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request),
             "export": export,
             "files": services.export_files(export),
-            "params": json.dumps(export.params, indent=2, ensure_ascii=False),
+            # Re-read through ExportParams: jsonb does not keep the key order.
+            "params": json.dumps(ExportParams.from_manifest(export.params).as_manifest(), indent=2, ensure_ascii=False),
             "title": str(export),
             "opts": self.opts,
         }
@@ -202,8 +206,19 @@ class DatasetExportAdmin(admin.ModelAdmin):
         context = {"export": export, "files": services.export_files(export)}
         return render(request, "admin/labeling/datasetexport/_progress.html", context)
 
-    def download(self, request: HttpRequest, pk: int, name: str) -> FileResponse:
+    def download(self, request: HttpRequest, pk: int, name: str) -> StreamingHttpResponse:
         export = get_object_or_404(DatasetExport, pk=pk)
         if name not in services.export_files(export):  # only the export's own files, never a path
             raise Http404("No such file in this export.")
-        return FileResponse(open(Path(export.out_dir) / name, "rb"), as_attachment=True, filename=name)  # noqa: SIM115
+        path = Path(export.out_dir) / name
+        # An async iterator: under ASGI, Django would read a FileResponse's file whole into memory.
+        response = StreamingHttpResponse(_file_chunks(path), content_type="application/octet-stream")
+        response["Content-Length"] = str(path.stat().st_size)
+        response["Content-Disposition"] = content_disposition_header(as_attachment=True, filename=name)
+        return response
+
+
+async def _file_chunks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := await asyncio.to_thread(fh.read, size):
+            yield chunk

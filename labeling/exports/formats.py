@@ -26,7 +26,10 @@ GOAL_SCORE = {"yes": 1.0, "partly": 0.0, "no": -1.0}
 
 
 def iso(value: dt.datetime | None) -> str | None:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z") if value is not None else None
+    """UTC, always with milliseconds: a JSON reader then never guesses some rows to be timestamps."""
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def message(turn: TurnRow) -> dict[str, str]:

@@ -3,6 +3,7 @@ filters, reproducibility, the command line, the admin request path and failure c
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import gzip
 import hashlib
@@ -170,8 +171,8 @@ def test_tree_golden_record(story, tmp_path):
         "conversation_id": pk["c1"],
         "rater": rater(story, "alice"),
         "status": "completed",
-        "started_at": "2026-05-04T09:00:00Z",
-        "ended_at": "2026-05-04T09:01:00Z",
+        "started_at": "2026-05-04T09:00:00.000Z",
+        "ended_at": "2026-05-04T09:01:00.000Z",
         "outcome": {"goal": "yes", "understanding": 4, "comment": "Nice."},
     }
     assert first["scenario"] == {
@@ -195,7 +196,7 @@ def test_tree_golden_record(story, tmp_path):
         "seed": 12,
         "on_lived_path": True,
     }
-    assert (a1b["first_token_ms"], a1b["generation_ms"], a1b["created_at"]) == (250, 2000, "2026-05-04T09:00:01Z")
+    assert (a1b["first_token_ms"], a1b["generation_ms"], a1b["created_at"]) == (250, 2000, "2026-05-04T09:00:01.000Z")
     assert [(t["label"], t["task"]) for t in a1b["tags"]] == [("clarification", "live"), ("clarification", "review")]
     assert json.loads(turns[pk["a1A"]]["params"])["temperature"] == 0.7
     assert turns[pk["a1A"]]["tags"] == []  # the rejected suggestion is left out
@@ -509,3 +510,26 @@ def test_export_run_records_a_refusal_on_the_export(story, tmp_path, settings):
     export.refresh_from_db()
     assert export.status == "failed" and "give no `tree` rows" in export.error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_admin_download_serves_only_the_exports_own_files(story, tmp_path, settings, admin_client):
+    from labeling.models import DatasetExport
+    from labeling.services import export_run
+
+    settings.EXPORT_DIR = tmp_path
+    params = ExportParams(study="golden", format="dpo").as_manifest()
+    export = DatasetExport.objects.create(study=story["study"], format="dpo", params=params)
+    base = f"/admin/labeling/datasetexport/{export.pk}"
+    assert admin_client.get(f"{base}/download/dpo.jsonl").status_code == 404  # not finished yet
+    assert export_run(export_id=export.pk) == "done"
+    response = admin_client.get(f"{base}/download/dpo.jsonl")
+    assert response.status_code == 200 and response["Content-Disposition"] == 'attachment; filename="dpo.jsonl"'
+
+    async def body() -> bytes:  # streamed from an async iterator, as uvicorn would read it
+        return b"".join([chunk async for chunk in response.streaming_content])
+
+    assert asyncio.run(body()).count(b"\n") == 6
+    for name in ("..%2F..%2Fetc%2Fpasswd", "settings.py", "%2Fetc%2Fpasswd"):
+        assert admin_client.get(f"{base}/download/{name}", follow=True).status_code == 404
+    page = admin_client.get(f"{base}/change/").content.decode()
+    assert "dpo.jsonl" in page and 'value="100"' in page and export.sha256 in page
