@@ -115,23 +115,9 @@ class ExportForm(forms.Form):
 
     def params(self) -> ExportParams:
         data = self.cleaned_data
-        return ExportParams(
-            study=data["study"].slug,
-            format=data["format"],
-            file_format=data["file_format"],
-            gzip=data["gzip"],
-            since=data["since"],
-            until=data["until"],
-            raters=tuple(sorted({n.strip() for n in data["raters"].split(",") if n.strip()})),
-            models=tuple(sorted(m.name for m in data["models"])),
-            min_agreement=data["min_agreement"],
-            completed_only=data["completed_only"],
-            include_ties=data["include_ties"],
-            gamma=data["gamma"],
-            grounding_weight=data["grounding_weight"],
-            segment_turns=data["segment_turns"],
-            licence=data["licence"],
-        )
+        raters = [name.strip() for name in data["raters"].split(",") if name.strip()]
+        models = [config.name for config in data["models"]]
+        return ExportParams.from_dict({**data, "study": data["study"].slug, "raters": raters, "models": models})
 
 
 @admin.register(DatasetExport)
@@ -195,7 +181,7 @@ class DatasetExportAdmin(admin.ModelAdmin):
             "export": export,
             "files": services.export_files(export),
             # Re-read through ExportParams: jsonb does not keep the key order.
-            "params": json.dumps(ExportParams.from_manifest(export.params).as_manifest(), indent=2, ensure_ascii=False),
+            "params": json.dumps(ExportParams.from_dict(export.params).as_manifest(), indent=2, ensure_ascii=False),
             "title": str(export),
             "opts": self.opts,
         }

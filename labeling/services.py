@@ -385,7 +385,7 @@ def export_run(*, export_id: int) -> str:
             mine.update(conversations_done=done, conversations_total=total, rows=rows, heartbeat_at=timezone.now())
 
     try:
-        result = export_build(params=ExportParams.from_manifest(export.params), out=out, progress=progress)
+        result = export_build(params=ExportParams.from_dict(export.params), out=out, progress=progress)
     except ActionRefused as exc:
         mine.update(status=DatasetExport.Status.FAILED, error=exc.message, finished_at=timezone.now())
         return "failed"

@@ -56,22 +56,8 @@ class Command(BaseCommand):
         parser.add_argument("--quiet", action="store_true", help="No progress line")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        params = ExportParams(
-            study=options["study"],
-            format=options["format"],
-            file_format=options["file_format"],
-            gzip=options["gzip"],
-            since=options["since"],
-            until=options["until"],
-            raters=_names(options["rater"]),
-            models=_names(options["model"]),
-            min_agreement=options["min_agreement"],
-            completed_only=options["completed_only"],
-            include_ties=options["include_ties"],
-            gamma=options["gamma"],
-            grounding_weight=options["grounding_weight"],
-            segment_turns=options["segment_turns"],
-            licence=options["licence"],
+        params = ExportParams.from_dict(
+            {**options, "raters": _names(options["rater"]), "models": _names(options["model"])}
         )
         started = time.monotonic()
         show = not options["quiet"]
