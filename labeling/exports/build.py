@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,26 @@ def _refuse(message: str) -> ActionRefused:
     return ActionRefused(message, status=400)
 
 
+@contextmanager
+def _gc_relaxed() -> Iterator[None]:
+    """Run the cyclic garbage collector less often while an export runs.
+
+    An export allocates millions of short-lived containers (loaded turns, rows, messages) that
+    reference counting frees. At the default thresholds the collector still runs every 700
+    allocations and regularly walks every object the process holds (Django, pyarrow): a quarter
+    to a third of an export's CPU time (docs/benchmarks.md). Exports make no reference cycles,
+    so rarer passes cost no memory (peak RSS measured flat up to a million comparisons).
+    """
+    old = gc.get_threshold()
+    if old[0]:  # 0: collection is off already
+        gc.set_threshold(max(old[0], 50_000), max(old[1], 20), max(old[2], 100))
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
+@_gc_relaxed()
 def export_build(
     *, params: ExportParams, out: Path, progress: Progress | None = None, chunk: int = CHUNK_CONVERSATIONS
 ) -> ExportResult:
