@@ -338,7 +338,7 @@ CHECKS = {
         LEFT JOIN annotate_turn ch ON ch.id = m.chosen_id AND ch.parent_id = m.parent_id
         LEFT JOIN annotate_turn co ON co.id = m.continued_from_id AND co.parent_id = m.parent_id
         WHERE c.study_id = %(s)s AND (u.id IS NULL OR co.id IS NULL OR (m.chosen_id IS NOT NULL AND ch.id IS NULL))""",
-    "conversations whose head is not their last continued reply": """
+    "conversations whose head is not a reply they continued from": """
         SELECT count(*) FROM annotate_conversation c
         LEFT JOIN annotate_comparison m ON m.continued_from_id = c.head_id AND m.conversation_id = c.id
         WHERE c.study_id = %(s)s AND m.id IS NULL""",
