@@ -10,8 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
@@ -42,7 +41,19 @@ def messages(path: list[TurnRow]) -> list[dict[str, str]]:
 
 def tag_names(conv: ConversationData, turn_id: int) -> list[str]:
     """Distinct labels confirmed on a turn by anyone (live rater or reviewers), sorted."""
-    return sorted({tag.label for tag in conv.tags.get(turn_id, ())})
+    tags = conv.tags.get(turn_id)
+    return sorted({tag.label for tag in tags}) if tags else []
+
+
+def history(conv: ConversationData, parent_id: int) -> tuple[list[TurnRow], list[dict[str, str]], int]:
+    """The path to a branch point, as turns and as messages, and its user-turn number; built once
+    per branch point (several votes and pairs share it; rows only read it)."""
+    key = ("history", parent_id)
+    found = conv.memo.get(key)
+    if found is None:
+        path = conv.path_to(parent_id)
+        found = conv.memo[key] = (path, messages(path), sum(1 for t in path if t.role == "user"))
+    return found
 
 
 def candidates(conv: ConversationData, parent_id: int) -> list[TurnRow]:
@@ -87,8 +98,7 @@ def shared_system(*turns: TurnRow) -> list[dict[str, str]]:
     return []
 
 
-@dataclass(frozen=True)
-class Pair:
+class Pair(NamedTuple):
     vote: VoteRow
     chosen: TurnRow
     rejected: TurnRow
@@ -124,13 +134,13 @@ def vote_pairs(conv: ConversationData, sel: Selection) -> Iterator[Pair]:
                 yield Pair(vote, chosen, rejected, n, share)
 
 
-def _pair_columns(conv: ConversationData, pair: Pair, path: list[TurnRow]) -> Row:
+def _pair_columns(conv: ConversationData, pair: Pair, turn_index: int) -> Row:
     vote = pair.vote
     return {
         "study": conv.study,
         "conversation_id": conv.id,
         "scenario": conv.scenario["external_id"],
-        "turn_index": sum(1 for t in path if t.role == "user"),
+        "turn_index": turn_index,
         "comparison_id": vote.id,
         "task": vote.task,
         "rater": vote.rater,
@@ -150,23 +160,23 @@ def _pair_columns(conv: ConversationData, pair: Pair, path: list[TurnRow]) -> Ro
 
 def dpo_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
     for pair in vote_pairs(conv, sel):
-        path = conv.path_to(pair.vote.parent_id)
+        _, prompt, turn_index = history(conv, pair.vote.parent_id)
         yield {
-            "prompt": shared_system(pair.chosen, pair.rejected) + messages(path),
+            "prompt": shared_system(pair.chosen, pair.rejected) + prompt,
             "chosen": [message(pair.chosen)],
             "rejected": [message(pair.rejected)],
-            **_pair_columns(conv, pair, path),
+            **_pair_columns(conv, pair, turn_index),
         }
 
 
 def reward_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
     for pair in vote_pairs(conv, sel):
-        path = conv.path_to(pair.vote.parent_id)
+        _, prompt, turn_index = history(conv, pair.vote.parent_id)
         system = shared_system(pair.chosen, pair.rejected)
         yield {
-            "chosen": system + messages(path) + [message(pair.chosen)],
-            "rejected": system + messages(path) + [message(pair.rejected)],
-            **_pair_columns(conv, pair, path),
+            "chosen": system + prompt + [message(pair.chosen)],
+            "rejected": system + prompt + [message(pair.rejected)],
+            **_pair_columns(conv, pair, turn_index),
         }
 
 
@@ -187,18 +197,18 @@ def kto_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
         rewrite = rewrite_of_vote(conv, vote)
         if rewrite is not None:
             labelled.append((rewrite, True))
-        path = conv.path_to(vote.parent_id)
+        _, prompt, turn_index = history(conv, vote.parent_id)
         for turn, label in labelled:
             if not sel.keeps_models(turn.model):
                 continue
             yield {
-                "prompt": shared_system(turn) + messages(path),
+                "prompt": shared_system(turn) + prompt,
                 "completion": [message(turn)],
                 "label": label,
                 "study": conv.study,
                 "conversation_id": conv.id,
                 "scenario": conv.scenario["external_id"],
-                "turn_index": sum(1 for t in path if t.role == "user"),
+                "turn_index": turn_index,
                 "comparison_id": vote.id,
                 "task": vote.task,
                 "rater": vote.rater,
@@ -222,7 +232,7 @@ def arena_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
         if sel.params.min_agreement is not None and (share is None or share < sel.params.min_agreement):
             continue
         cands = candidates(conv, vote.parent_id)
-        path = conv.path_to(vote.parent_id)
+        _, prompt, turn_index = history(conv, vote.parent_id)
         for i, a in enumerate(cands):
             for b in cands[i + 1 :]:
                 if vote.choice == "tie":
@@ -243,9 +253,9 @@ def arena_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
                     "model_b": b.model,
                     "winner": winner,
                     "judge": vote.rater,
-                    "conversation_a": shared_system(a) + messages(path) + [message(a)],
-                    "conversation_b": shared_system(b) + messages(path) + [message(b)],
-                    "turn": sum(1 for t in path if t.role == "user"),
+                    "conversation_a": shared_system(a) + prompt + [message(a)],
+                    "conversation_b": shared_system(b) + prompt + [message(b)],
+                    "turn": turn_index,
                     "anony": True,  # raters never see which model wrote a reply
                     "tstamp": vote.created_at.timestamp(),
                     "study": conv.study,
@@ -493,16 +503,16 @@ def segments_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
         good = _continuation(conv, pair.chosen, lived)
         bad = _continuation(conv, pair.rejected, lived)
         length = min(len(good), len(bad), sel.params.segment_turns)
-        path = conv.path_to(pair.vote.parent_id)
+        _, prompt, turn_index = history(conv, pair.vote.parent_id)
         error_turn = conv.turns[pair.vote.parent_id].parent_id
         yield {
-            "prompt": shared_system(pair.chosen, pair.rejected) + messages(path),
+            "prompt": shared_system(pair.chosen, pair.rejected) + prompt,
             "chosen": messages(good[:length]),
             "rejected": messages(bad[:length]),
             "segment_messages": length,
             "error_turn_id": error_turn,
             "error_labels": labels,
-            **_pair_columns(conv, pair, path),
+            **_pair_columns(conv, pair, turn_index),
         }
 
 

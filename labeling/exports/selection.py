@@ -146,6 +146,8 @@ class ConversationData:
     turns: dict[int, TurnRow] = field(default_factory=dict)
     votes: list[VoteRow] = field(default_factory=list)
     tags: dict[int, list[TagRow]] = field(default_factory=dict)
+    # What several rows of one conversation share (prompts, votes per branch point), built once.
+    memo: dict[Any, Any] = field(default_factory=dict)
 
     def lived_path(self) -> list[TurnRow]:
         path: list[TurnRow] = []
@@ -167,7 +169,12 @@ class ConversationData:
         return path
 
     def votes_on(self, parent_id: int) -> list[VoteRow]:
-        return [v for v in self.votes if v.parent_id == parent_id]
+        by_parent = self.memo.get("votes")
+        if by_parent is None:
+            by_parent = self.memo["votes"] = {}
+            for vote in self.votes:
+                by_parent.setdefault(vote.parent_id, []).append(vote)
+        return by_parent.get(parent_id, [])
 
 
 def pseudonym(user_id: int) -> str:
