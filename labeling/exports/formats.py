@@ -45,14 +45,14 @@ def tag_names(conv: ConversationData, turn_id: int) -> list[str]:
     return sorted({tag.label for tag in tags}) if tags else []
 
 
-def history(conv: ConversationData, parent_id: int) -> tuple[list[TurnRow], list[dict[str, str]], int]:
-    """The path to a branch point, as turns and as messages, and its user-turn number; built once
-    per branch point (several votes and pairs share it; rows only read it)."""
+def history(conv: ConversationData, parent_id: int) -> tuple[list[dict[str, str]], int]:
+    """The path to a branch point as messages, and its user-turn number; built once per branch
+    point (several votes and pairs share it; rows only read it)."""
     key = ("history", parent_id)
     found = conv.memo.get(key)
     if found is None:
         path = conv.path_to(parent_id)
-        found = conv.memo[key] = (path, messages(path), sum(1 for t in path if t.role == "user"))
+        found = conv.memo[key] = (messages(path), sum(1 for t in path if t.role == "user"))
     return found
 
 
@@ -98,6 +98,29 @@ def shared_system(*turns: TurnRow) -> list[dict[str, str]]:
     return []
 
 
+def kept_votes(conv: ConversationData, sel: Selection) -> Iterator[tuple[VoteRow, int, float | None]]:
+    """The votes the rater and agreement filters keep, with their branch point's vote count and
+    agreement (see `vote_agreement`)."""
+    for vote in conv.votes:
+        if not sel.keeps_vote(vote):
+            continue
+        n, share = vote_agreement(conv, vote)
+        if sel.params.min_agreement is not None and (share is None or share < sel.params.min_agreement):
+            continue
+        yield vote, n, share
+
+
+def conversation_kept(conv: ConversationData, sel: Selection) -> bool:
+    """The rater and agreement filters for the per-conversation formats (tree, multiturn): the
+    conversation's own rater, and its mean branch-point agreement."""
+    if sel.params.raters and conv.rater_username not in sel.params.raters:
+        return False
+    if sel.params.min_agreement is not None:
+        share = conversation_agreement(conv)
+        return share is not None and share >= sel.params.min_agreement
+    return True
+
+
 class Pair(NamedTuple):
     vote: VoteRow
     chosen: TurnRow
@@ -113,12 +136,7 @@ def vote_pairs(conv: ConversationData, sel: Selection) -> Iterator[Pair]:
     candidate (the rater wrote what they wanted). Ties and all-bad votes give no preference;
     with `include_ties` each unordered pair is still emitted, A first, marked by `choice`.
     """
-    for vote in conv.votes:
-        if not sel.keeps_vote(vote):
-            continue
-        n, share = vote_agreement(conv, vote)
-        if sel.params.min_agreement is not None and (share is None or share < sel.params.min_agreement):
-            continue
+    for vote, n, share in kept_votes(conv, sel):
         cands = candidates(conv, vote.parent_id)
         found: list[tuple[TurnRow, TurnRow]] = []
         if vote.choice == "candidate" and vote.chosen_id in conv.turns:
@@ -134,8 +152,8 @@ def vote_pairs(conv: ConversationData, sel: Selection) -> Iterator[Pair]:
                 yield Pair(vote, chosen, rejected, n, share)
 
 
-def _pair_columns(conv: ConversationData, pair: Pair, turn_index: int) -> Row:
-    vote = pair.vote
+def _vote_columns(conv: ConversationData, vote: VoteRow, turn_index: int) -> Row:
+    """Where a judgement comes from: the columns every pair and kto row starts its metadata with."""
     return {
         "study": conv.study,
         "conversation_id": conv.id,
@@ -146,6 +164,12 @@ def _pair_columns(conv: ConversationData, pair: Pair, turn_index: int) -> Row:
         "rater": vote.rater,
         "choice": vote.choice,
         "strength": vote.strength,
+    }
+
+
+def _pair_columns(conv: ConversationData, pair: Pair, turn_index: int) -> Row:
+    return {
+        **_vote_columns(conv, pair.vote, turn_index),
         "chosen_is_rewrite": pair.chosen.is_rewrite,
         "chosen_turn_id": pair.chosen.id,
         "rejected_turn_id": pair.rejected.id,
@@ -160,7 +184,7 @@ def _pair_columns(conv: ConversationData, pair: Pair, turn_index: int) -> Row:
 
 def dpo_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
     for pair in vote_pairs(conv, sel):
-        _, prompt, turn_index = history(conv, pair.vote.parent_id)
+        prompt, turn_index = history(conv, pair.vote.parent_id)
         yield {
             "prompt": shared_system(pair.chosen, pair.rejected) + prompt,
             "chosen": [message(pair.chosen)],
@@ -171,7 +195,7 @@ def dpo_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
 
 def reward_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
     for pair in vote_pairs(conv, sel):
-        _, prompt, turn_index = history(conv, pair.vote.parent_id)
+        prompt, turn_index = history(conv, pair.vote.parent_id)
         system = shared_system(pair.chosen, pair.rejected)
         yield {
             "chosen": system + prompt + [message(pair.chosen)],
@@ -183,12 +207,7 @@ def reward_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
 def kto_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
     """Each judged reply with desirable/undesirable: the chosen one and rewrites are desirable,
     the others and every reply of an all-bad vote are not. A tie says nothing absolute: no rows."""
-    for vote in conv.votes:
-        if not sel.keeps_vote(vote):
-            continue
-        n, share = vote_agreement(conv, vote)
-        if sel.params.min_agreement is not None and (share is None or share < sel.params.min_agreement):
-            continue
+    for vote, n, share in kept_votes(conv, sel):
         labelled: list[tuple[TurnRow, bool]] = []
         if vote.choice == "candidate":
             labelled += [(c, c.id == vote.chosen_id) for c in candidates(conv, vote.parent_id)]
@@ -197,7 +216,7 @@ def kto_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
         rewrite = rewrite_of_vote(conv, vote)
         if rewrite is not None:
             labelled.append((rewrite, True))
-        _, prompt, turn_index = history(conv, vote.parent_id)
+        prompt, turn_index = history(conv, vote.parent_id)
         for turn, label in labelled:
             if not sel.keeps_models(turn.model):
                 continue
@@ -205,15 +224,7 @@ def kto_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
                 "prompt": shared_system(turn) + prompt,
                 "completion": [message(turn)],
                 "label": label,
-                "study": conv.study,
-                "conversation_id": conv.id,
-                "scenario": conv.scenario["external_id"],
-                "turn_index": turn_index,
-                "comparison_id": vote.id,
-                "task": vote.task,
-                "rater": vote.rater,
-                "choice": vote.choice,
-                "strength": vote.strength,
+                **_vote_columns(conv, vote, turn_index),
                 "turn_id": turn.id,
                 "model": turn.model,
                 "is_rewrite": turn.is_rewrite,
@@ -225,14 +236,9 @@ def kto_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
 
 def arena_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
     """FastChat-style battles: every pair of candidates (slot order) that the vote decides."""
-    for vote in conv.votes:
-        if not sel.keeps_vote(vote):
-            continue
-        n, share = vote_agreement(conv, vote)
-        if sel.params.min_agreement is not None and (share is None or share < sel.params.min_agreement):
-            continue
+    for vote, n, share in kept_votes(conv, sel):
         cands = candidates(conv, vote.parent_id)
-        _, prompt, turn_index = history(conv, vote.parent_id)
+        prompt, turn_index = history(conv, vote.parent_id)
         for i, a in enumerate(cands):
             for b in cands[i + 1 :]:
                 if vote.choice == "tie":
@@ -296,15 +302,9 @@ def sibling_ranks(conv: ConversationData) -> dict[int, int]:
 
 
 def tree_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
-    if sel.rater_ids is not None and conv.rater_username not in sel.params.raters:
-        return
     models = {t.model for t in conv.turns.values() if t.role == "assistant"}
-    if not sel.keeps_models(*models):
+    if not conversation_kept(conv, sel) or not sel.keeps_models(*models):
         return
-    if sel.params.min_agreement is not None:
-        share = conversation_agreement(conv)
-        if share is None or share < sel.params.min_agreement:
-            return
     lived = [t.id for t in conv.lived_path()]
     on_path = set(lived)
     ranks = sibling_ranks(conv)
@@ -421,12 +421,8 @@ def multiturn_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
     feedback_s is the reaction to reply s: the feedback tags on the user turn that follows it
     (k = 0 is the immediate reaction). Replies are numbered t = 1…T along the lived path.
     """
-    if sel.rater_ids is not None and conv.rater_username not in sel.params.raters:
+    if not conversation_kept(conv, sel):
         return
-    if sel.params.min_agreement is not None:
-        share = conversation_agreement(conv)
-        if share is None or share < sel.params.min_agreement:
-            return
     gamma, weight = sel.params.gamma, sel.params.grounding_weight
     path = conv.lived_path()
     replies = [i for i, t in enumerate(path) if t.role == "assistant"]
@@ -503,7 +499,7 @@ def segments_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
         good = _continuation(conv, pair.chosen, lived)
         bad = _continuation(conv, pair.rejected, lived)
         length = min(len(good), len(bad), sel.params.segment_turns)
-        _, prompt, turn_index = history(conv, pair.vote.parent_id)
+        prompt, turn_index = history(conv, pair.vote.parent_id)
         error_turn = conv.turns[pair.vote.parent_id].parent_id
         yield {
             "prompt": shared_system(pair.chosen, pair.rejected) + prompt,
@@ -528,7 +524,7 @@ BUILDERS: dict[str, Callable[[ConversationData, Selection], Iterator[Row]]] = {
 
 # Arrow schemas for Parquet, column for column as above.
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-_PAIR_COLUMNS = [
+_VOTE_COLUMNS = [
     ("study", pa.string()),
     ("conversation_id", pa.int64()),
     ("scenario", pa.string()),
@@ -538,6 +534,9 @@ _PAIR_COLUMNS = [
     ("rater", pa.string()),
     ("choice", pa.string()),
     ("strength", pa.string()),
+]
+_PAIR_COLUMNS = [
+    *_VOTE_COLUMNS,
     ("chosen_is_rewrite", pa.bool_()),
     ("chosen_turn_id", pa.int64()),
     ("rejected_turn_id", pa.int64()),
@@ -609,15 +608,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("prompt", MESSAGES),
             ("completion", MESSAGES),
             ("label", pa.bool_()),
-            ("study", pa.string()),
-            ("conversation_id", pa.int64()),
-            ("scenario", pa.string()),
-            ("turn_index", pa.int32()),
-            ("comparison_id", pa.int64()),
-            ("task", pa.string()),
-            ("rater", pa.string()),
-            ("choice", pa.string()),
-            ("strength", pa.string()),
+            *_VOTE_COLUMNS,
             ("turn_id", pa.int64()),
             ("model", pa.string()),
             ("is_rewrite", pa.bool_()),

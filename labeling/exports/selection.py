@@ -233,7 +233,6 @@ class Selection:
     labels: list[Label]
     model_names: dict[int, str]
     usernames: dict[int, str]
-    rater_ids: set[int] | None  # None: every rater
 
     def conversations(self) -> Any:
         p = self.params
@@ -371,7 +370,7 @@ class Selection:
         return name
 
     def keeps_vote(self, vote: VoteRow) -> bool:
-        return self.rater_ids is None or vote.rater_username in self.params.raters
+        return not self.params.raters or vote.rater_username in self.params.raters
 
     def keeps_models(self, *names: str | None) -> bool:
         return not self.params.models or all(name in self.params.models for name in names)
@@ -403,12 +402,9 @@ def selection_open(params: ExportParams, *, refuse: Callable[[str], Exception]) 
     voters = Comparison.objects.filter(conversation__study=study).order_by().values("rater_id")
     users = get_user_model().objects.filter(pk__in=raters.union(voters))
     usernames = dict(users.values_list("pk", "username"))
-    rater_ids = None
-    if params.raters:
-        unknown = sorted(set(params.raters) - set(usernames.values()))
-        if unknown:
-            raise refuse(f"No rater in this study is called: {', '.join(unknown)}.")
-        rater_ids = {pk for pk, name in usernames.items() if name in params.raters}
+    unknown = sorted(set(params.raters) - set(usernames.values()))
+    if unknown:
+        raise refuse(f"No rater in this study is called: {', '.join(unknown)}.")
     model_names = dict(ModelConfig.objects.values_list("pk", "name"))
     if params.models:
         unknown = sorted(set(params.models) - set(model_names.values()))
@@ -420,5 +416,4 @@ def selection_open(params: ExportParams, *, refuse: Callable[[str], Exception]) 
         labels=list(labels_for(study)),
         model_names=model_names,
         usernames=usernames,
-        rater_ids=rater_ids,
     )
