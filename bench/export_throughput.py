@@ -96,7 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="10k and 100k comparisons only")
     parser.add_argument("--fresh", action="store_true", help="drop the bench database and generate everything again")
     parser.add_argument(
-        "--profile", action="store_true", help="cProfile each export (slower) and print the top functions"
+        "--profile", action="store_true", help="cProfile each export (slower; one process) and print the top functions"
+    )
+    parser.add_argument(
+        "--processes", type=int, help="processes per export (default: the app's EXPORT_PROCESSES, by CPU count)"
     )
     # Internal: one export in this (child) process.
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -504,11 +507,15 @@ def child_main(args: argparse.Namespace) -> int:
     import django
 
     django.setup()
+    from django.conf import settings
+
     from labeling.exports.build import export_build
     from labeling.exports.selection import ExportParams
 
     params = ExportParams(study=args.study, format=args.format)
+    processes = 1 if args.profile_out else args.processes or settings.EXPORT_PROCESSES
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children_cpu = _children_cpu()
     profiler = None
     if args.profile_out:
         import cProfile
@@ -516,25 +523,36 @@ def child_main(args: argparse.Namespace) -> int:
         profiler = cProfile.Profile()
         profiler.enable()
     started, cpu = time.perf_counter(), time.process_time()
-    result = export_build(params=params, out=Path(args.out))
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    result = export_build(params=params, out=Path(args.out), processes=processes)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu + _children_cpu() - children_cpu
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(args.profile_out)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # The largest of the export's processes: this one, or one of the parts it forked.
+    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
     figures = {"rows": result.rows, "conversations": result.conversations, "seconds": elapsed, "cpu": cpu,
-               "peak_mb": peak, "before_mb": before, "bytes": result.data_file.stat().st_size}  # fmt: skip
+               "peak_mb": peak, "before_mb": before, "bytes": result.data_file.stat().st_size,
+               "processes": processes}  # fmt: skip
     print(json.dumps(figures))
     return 0
 
 
-def export_in_child(database_url: str, slug: str, fmt: str, work: Path, profile_out: Path | None) -> dict[str, Any]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def export_in_child(
+    database_url: str, slug: str, fmt: str, work: Path, profile_out: Path | None, processes: int | None
+) -> dict[str, Any]:
     out = work / f"{slug}-{fmt}"
     env = {**os.environ, "DATABASE_URL": database_url, "DJANGO_SETTINGS_MODULE": "config.settings"}
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", "--database-url", database_url,
             "--study", slug, "--format", fmt, "--out", str(out)]  # fmt: skip
     if profile_out is not None:
         argv += ["--profile-out", str(profile_out)]
+    if processes is not None:
+        argv += ["--processes", str(processes)]
     try:
         done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -586,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                 query = {"dpo": COPY_DPO, "tree": COPY_TREE}.get(fmt)
                 copied = copy_out(args.database_url, [query], studies[size]) if query else None
                 profile_out = work / f"{size}-{fmt}.prof" if args.profile else None
-                ours = export_in_child(args.database_url, slug_for(size), fmt, work, profile_out)
+                ours = export_in_child(args.database_url, slug_for(size), fmt, work, profile_out, args.processes)
                 if copied is not None and copied.lines != ours["rows"]:
                     print(f"warning: COPY gave {copied.lines:,} lines, the {fmt} export {ours['rows']:,} rows")
                 results.append({"size": size, "format": fmt, **ours, "copy": copied})
@@ -599,7 +617,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     profiled = " (PROFILED: times include cProfile overhead)" if args.profile else ""
-    print(f"\nexport_throughput: JSONL, chunk 400, PostgreSQL, load average {load:.2f} at start{profiled}\n")
+    processes = sorted({r["processes"] for r in results})
+    print(f"\nexport_throughput: JSONL, chunk 400, {'/'.join(map(str, processes))} process(es) per export, "
+          f"{os.cpu_count()} CPUs, PostgreSQL, load average {load:.2f} at start{profiled}\n")  # fmt: skip
     header = (f"{'comparisons':>11}  {'format':6} {'rows':>9} {'seconds':>8} {'CPU s':>7} {'rows/s':>9} "
               f"{'RSS before':>10} {'peak RSS':>8} {'COPY rows/s':>11} {'ours/COPY':>9}")  # fmt: skip
     print(header)

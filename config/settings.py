@@ -159,6 +159,11 @@ CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
 EXPORT_DIR = Path(os.environ.get("EXPORT_DIR") or VAR_DIR / "exports")
 # A running export whose worker has reported no progress for this long may be taken over.
 EXPORT_LEASE_SECONDS = envfloat("EXPORT_LEASE_SECONDS", 60.0)
+# Processes that write one large export at once (runs of whole chunks, joined in order: the
+# same file as one process). 1 writes everything in the calling process.
+EXPORT_PROCESSES = envint("EXPORT_PROCESSES", min(os.cpu_count() or 1, 4))
+# Conversations read per query round; memory per process grows with it, not with the study.
+EXPORT_CHUNK_CONVERSATIONS = envint("EXPORT_CHUNK_CONVERSATIONS", 400)
 
 # --- Generation ---------------------------------------------------------------------------
 # A streaming turn whose worker has written nothing for this long may be taken over.

@@ -78,6 +78,15 @@ class SelectionStats:
             if len(per_rater) >= 2:
                 self.tag_patterns[tuple(sorted((frozenset(s) for s in per_rater.values()), key=sorted))] += 1
 
+    def merge(self, other: SelectionStats) -> None:
+        """Add the figures of another, disjoint set of conversations (a part of a split export)."""
+        for name in ("conversations", "completed", "turns", "replies", "comparisons", "tags"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.raters |= other.raters
+        self.models |= other.models
+        for counter in ("choices", "labels", "vote_patterns", "tag_patterns"):
+            getattr(self, counter).update(getattr(other, counter))
+
     def vote_alpha(self) -> float | None:
         return agreement.alpha_from_patterns(self.vote_patterns)
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
 from django.db import connections
@@ -28,6 +30,18 @@ from workers.models import ModelConfig
 
 FORMATS = ("dpo", "kto", "reward", "tree", "arena", "multiturn", "segments")
 FILE_FORMATS = ("jsonl", "parquet")
+# Formats that read a turn's generation details and timings. The others read a lean turn: half
+# the columns and no timestamps or JSON to decode, which halves the cost of reading a study.
+DETAIL_FORMATS = frozenset({"tree"})
+# Columns of a lean turn, in `TurnRow` order (model_config_id becomes the model's name), then
+# the details.
+_TURN_COLUMNS = (
+    "id", "parent_id", "role", "position", "text", "status", "model_config_id", "system_prompt", "is_rewrite",
+)  # fmt: skip
+_TURN_DETAILS = (
+    "depth", "error", "params", "seed", "rewrite_of_id", "prompt_tokens", "completion_tokens", "created_at",
+    "started_at", "first_token_at", "finished_at",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -74,26 +88,29 @@ class ExportParams:
 
 @dataclass(slots=True)
 class TurnRow:
+    """A turn as the formats read it. The fields after `is_rewrite` (generation details and
+    timings) are read only for `DETAIL_FORMATS`; for the others they stay None."""
+
     id: int
     parent_id: int | None
     role: str
-    depth: int
     position: int
     text: str
     status: str
-    error: str
     model: str | None
-    params: dict[str, Any]
     system_prompt: str
-    seed: int | None
     is_rewrite: bool
-    rewrite_of_id: int | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    first_token_at: dt.datetime | None
-    finished_at: dt.datetime | None
+    depth: int | None = None
+    error: str | None = None
+    params: dict[str, Any] | None = None
+    seed: int | None = None
+    rewrite_of_id: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    created_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    first_token_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
     children: list[TurnRow] = field(default_factory=list)
 
 
@@ -224,6 +241,56 @@ def _rows(qs: Any) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall())
 
 
+_Item = TypeVar("_Item")
+# A run of conversations by id: the first, and the first of the next run (None: to the end).
+Span = tuple[int, int | None]
+
+
+def _read_ahead(produce: Callable[[], Iterator[_Item]]) -> Iterator[_Item]:
+    """The items of `produce()`, made one ahead of the consumer in a thread of their own.
+
+    The thread opens its own database connection (Django's are per thread) and closes it when
+    done. At most three items exist at once: the consumer's, one queued and one being made.
+    An exception in the thread is raised in the consumer; closing the iterator stops the thread.
+    """
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put((kind, value), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in produce():
+                if not put("item", item):
+                    return
+            put("done", None)
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the consumer)
+            put("error", exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, name="export-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "error":
+                raise value
+            if kind == "done":
+                return
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
 @dataclass
 class Selection:
     """The study, the conversations an export covers, and lookups shared by every chunk."""
@@ -233,6 +300,9 @@ class Selection:
     labels: list[Label]
     model_names: dict[int, str]
     usernames: dict[int, str]
+    details: bool = False  # read the turns' generation details and timings (DETAIL_FORMATS)
+    rater_names: dict[int, tuple[str, str]] = field(default_factory=dict)  # user id → (pseudonym, username)
+    span: Span | None = None  # only the conversations with ids in [first, next part's first)
 
     def conversations(self) -> Any:
         p = self.params
@@ -244,16 +314,49 @@ class Selection:
         if p.until:
             end = dt.datetime.combine(p.until + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
             qs = qs.filter(started_at__lt=end)
+        if self.span is not None:
+            first, stop = self.span
+            qs = qs.filter(id__gte=first) if stop is None else qs.filter(id__gte=first, id__lt=stop)
         return qs
+
+    def concurrent_reads(self) -> bool:
+        """Whether other connections (a thread's, another process's) see what this one sees:
+        on PostgreSQL outside a transaction. Inside one (tests, a caller's atomic block) they
+        would miss the uncommitted rows."""
+        connection = connections[Conversation.objects.db]
+        return connection.vendor == "postgresql" and not connection.in_atomic_block
+
+    def spans(self, *, total: int, chunk: int, parts: int) -> list[Span]:
+        """Split the selection into at most `parts` runs of whole chunks, by conversation id.
+
+        Each run starts where a chunk of the unsplit selection starts, so the runs' chunks are
+        the same chunks in the same order: written one after another they give the same file.
+        One small query per boundary; no list of every id.
+        """
+        chunks = -(-total // chunk)
+        per = -(-chunks // max(1, min(parts, chunks))) * chunk
+        ordered = self.conversations().order_by("id").values_list("id", flat=True)
+        firsts = [ordered[offset] for offset in range(0, total, per)]
+        return [(first, firsts[i + 1] if i + 1 < len(firsts) else None) for i, first in enumerate(firsts)]
 
     def count(self) -> int:
         return self.conversations().count()
 
     def chunks(self, *, size: int = 400) -> Iterator[list[ConversationData]]:
-        """The selected conversations in id order, `size` at a time, fully loaded."""
+        """The selected conversations in id order, `size` at a time, fully loaded.
+
+        Where `concurrent_reads` allows, the next chunk is read by a thread with its own
+        connection while the caller writes this one: the server runs its queries meanwhile
+        instead of the caller waiting for them. The output is the same either way.
+        """
+        if self.concurrent_reads():
+            return _read_ahead(lambda: self._chunks(size))
+        return self._chunks(size)
+
+    def _chunks(self, size: int) -> Iterator[list[ConversationData]]:
         last = 0
         while True:
-            rows = list(
+            rows = _rows(
                 self.conversations()
                 .filter(id__gt=last)
                 .order_by("id")
@@ -276,8 +379,8 @@ class Selection:
                 id=cid,
                 study=slug,
                 scenario={"external_id": ext, "title": title, "brief": brief, "hidden_intent": intent},
-                rater=pseudonym(rater_id),
-                rater_username=self._username(rater_id),
+                rater=self._rater(rater_id)[0],
+                rater_username=self._rater(rater_id)[1],
                 status=status,
                 head_id=head,
                 outcome_goal=goal,
@@ -287,72 +390,56 @@ class Selection:
                 ended_at=ended,
             )
         ids = list(by_id)
-        turn_fields = (
-            "conversation_id", "id", "parent_id", "role", "depth", "position", "text", "status", "error",
-            "model_config_id", "params", "system_prompt", "seed", "is_rewrite", "rewrite_of_id", "prompt_tokens",
-            "completion_tokens", "created_at", "started_at", "first_token_at", "finished_at",
-        )  # fmt: skip
+        columns = ("conversation_id", *_TURN_COLUMNS, *(_TURN_DETAILS if self.details else ()))
         turns = Turn.objects.filter(conversation_id__in=ids).order_by("conversation_id", "depth", "position", "id")
-        for cid, tid, parent, *rest in _rows(turns.values_list(*turn_fields)):
-            role, depth, position, text, status, error, model_id, params, system, seed, rewrite, of, pt, ct = rest[:14]
-            conv = by_id[cid]
-            turn = TurnRow(
-                tid, parent, role, depth, position, text, status, error, self.model_names.get(model_id),
-                params, system, seed, rewrite, of, pt, ct, *rest[14:],
-            )  # fmt: skip
-            conv.turns[tid] = turn
-            if parent is not None and parent in conv.turns:
-                conv.turns[parent].children.append(turn)
+        model_names = self.model_names
+        conv_turns: dict[int, TurnRow] = {}
+        conv_id = None
+        for cid, tid, parent, role, position, text, status, model_id, system, rewrite, *details in _rows(
+            turns.values_list(*columns)
+        ):
+            if cid != conv_id:
+                conv_id, conv_turns = cid, by_id[cid].turns
+            model = model_names.get(model_id)
+            turn = TurnRow(tid, parent, role, position, text, status, model, system, rewrite, *details)
+            conv_turns[tid] = turn
+            parent_turn = conv_turns.get(parent)  # type: ignore[arg-type]
+            if parent_turn is not None:
+                parent_turn.children.append(turn)
         votes = Comparison.objects.filter(conversation_id__in=ids).order_by("conversation_id", "parent_id", "id")
         vote_fields = (
             "conversation_id", "id", "parent_id", "task", "choice", "chosen_id", "continued_from_id", "strength",
             "reason", "decision_ms", "rater_id", "created_at",
         )  # fmt: skip
+        rater = self._rater
         for cid, vid, parent, task, choice, chosen, cont, strength, reason, ms, rater_id, created in _rows(
             votes.values_list(*vote_fields)
         ):
             by_id[cid].votes.append(
-                VoteRow(
-                    vid,
-                    parent,
-                    task,
-                    choice,
-                    chosen,
-                    cont,
-                    strength,
-                    reason,
-                    ms,
-                    pseudonym(rater_id),
-                    self._username(rater_id),
-                    created,
-                )  # fmt: skip
+                VoteRow(vid, parent, task, choice, chosen, cont, strength, reason, ms, *rater(rater_id), created)
             )
         labels = {label.pk: label for label in self.labels}
-        # The range of the chunk's turn ids changes nothing in the result; it lets PostgreSQL read
-        # the chunk's tags through the turn index instead of scanning every tag of every study.
-        turn_ids = [tid for conv in by_id.values() for tid in conv.turns] or [0]
-        tags = (
-            Tag.objects.filter(
-                turn__conversation_id__in=ids, turn_id__gte=min(turn_ids), turn_id__lte=max(turn_ids),
-                status=Tag.Status.CONFIRMED,
-            )
-            .order_by("turn__conversation_id", "turn_id", "id")
-            .values_list(
-                "turn__conversation_id", "turn_id", "label_id", "rater_id", "task", "source", "span_start", "span_end",
-                "linked_turn_id",
-            )
+        # The chunk's tags by the range of its turn ids, through the tag's turn index and without
+        # a join; tags of other conversations' turns in that range are skipped below.
+        owner = {tid: conv for conv in by_id.values() for tid in conv.turns}
+        tags = Tag.objects.filter(
+            turn_id__gte=min(owner, default=0), turn_id__lte=max(owner, default=0), status=Tag.Status.CONFIRMED
+        ).order_by("turn_id", "id")
+        tag_fields = (
+            "turn_id", "label_id", "rater_id", "task", "source", "span_start", "span_end", "linked_turn_id",
         )  # fmt: skip
-        for cid, turn_id, label_id, rater_id, task, source, start, end, linked in _rows(tags):
+        for turn_id, label_id, rater_id, task, source, start, end, linked in _rows(tags.values_list(*tag_fields)):
             label = labels.get(label_id)
-            if label is None:  # a label of another taxonomy (the study's taxonomy was changed)
+            conv = owner.get(turn_id)
+            if label is None or conv is None:  # another taxonomy's label (it was changed), or another conversation
                 continue
-            by_id[cid].tags.setdefault(turn_id, []).append(
+            conv.tags.setdefault(turn_id, []).append(
                 TagRow(
                     turn_id,
                     label.name,
                     label.kind,
                     label.polarity,
-                    pseudonym(rater_id),
+                    rater(rater_id)[0],
                     task,
                     source,
                     start,
@@ -362,12 +449,15 @@ class Selection:
             )
         return list(by_id.values())
 
-    def _username(self, user_id: int) -> str:
-        name = self.usernames.get(user_id)
-        if name is None:
-            name = get_user_model().objects.filter(pk=user_id).values_list("username", flat=True).first() or ""
-            self.usernames[user_id] = name
-        return name
+    def _rater(self, user_id: int) -> tuple[str, str]:
+        """(pseudonym, username) of a user, looked up once per export."""
+        found = self.rater_names.get(user_id)
+        if found is None:
+            name = self.usernames.get(user_id)
+            if name is None:
+                name = get_user_model().objects.filter(pk=user_id).values_list("username", flat=True).first() or ""
+            found = self.rater_names[user_id] = (pseudonym(user_id), name)
+        return found
 
     def keeps_vote(self, vote: VoteRow) -> bool:
         return not self.params.raters or vote.rater_username in self.params.raters
@@ -416,4 +506,5 @@ def selection_open(params: ExportParams, *, refuse: Callable[[str], Exception]) 
         labels=list(labels_for(study)),
         model_names=model_names,
         usernames=usernames,
+        details=params.format in DETAIL_FORMATS,
     )

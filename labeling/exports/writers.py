@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -58,21 +58,58 @@ def data_file_name(fmt: str, file_format: str, compress: bool) -> str:
     return f"{fmt}.parquet" if file_format == "parquet" else f"{fmt}.jsonl.gz" if compress else f"{fmt}.jsonl"
 
 
+def part_format(file_format: str) -> str:
+    """What the parts of a split export are written as: plain JSONL for JSONL (gzip is applied
+    when they are joined), an Arrow IPC stream of one batch per chunk for Parquet."""
+    return "arrow" if file_format == "parquet" else "jsonl"
+
+
+class _HashedFile:
+    """A binary file that hashes what is written to it: the digest costs no second read."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 (closed in close())
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self._file.write(data)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class RowWriter:
-    """Appends batches of rows to one data file."""
+    """Appends batches of rows to one data file: JSONL (optionally gzip), Parquet, or Arrow IPC
+    (the parts of a split Parquet export)."""
 
     def __init__(self, path: Path, *, file_format: str, compress: bool, schema: pa.Schema) -> None:
         self.path = path
         self.rows = 0
         self._parquet: pq.ParquetWriter | None = None
-        self._raw: IO[bytes] | None = None
-        self._out: IO[bytes] | None = None
+        self._arrow: pa.ipc.RecordBatchStreamWriter | None = None
+        self._raw = _HashedFile(path)
+        self._out: Any = None
         self._schema = schema
         if file_format == "parquet":
             # No statistics or page index timestamps vary between runs: the file is reproducible.
-            self._parquet = pq.ParquetWriter(path, schema, compression="zstd")
+            self._parquet = pq.ParquetWriter(self._raw, schema, compression="zstd")
+        elif file_format == "arrow":
+            self._arrow = pa.ipc.new_stream(self._raw, schema)
         else:
-            self._raw = open(path, "wb")  # noqa: SIM115 (closed in close())
             # mtime=0 and no file name in the header keep gzip output byte-identical across runs.
             self._out = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0) if compress else self._raw
 
@@ -81,23 +118,36 @@ class RowWriter:
             return
         if self._parquet is not None:
             self._parquet.write_table(pa.Table.from_pylist(rows, schema=self._schema))
+        elif self._arrow is not None:
+            self._arrow.write_batch(pa.RecordBatch.from_pylist(rows, schema=self._schema))
         else:
             assert self._out is not None
-            self._out.write(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+            self._out.write(b"".join([orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows]))
         self.rows += len(rows)
+
+    def write_part(self, path: Path, rows: int) -> None:
+        """Append a part written by `RowWriter(path, file_format=part_format(...))`: the same
+        batches as if its rows had been written here, so the file is the same as unsplit."""
+        if self._parquet is not None:
+            with pa.ipc.open_stream(path) as batches:
+                for batch in batches:
+                    self._parquet.write_table(pa.Table.from_batches([batch]))
+        else:
+            assert self._out is not None
+            with open(path, "rb") as part:
+                shutil.copyfileobj(part, self._out, 1 << 20)
+        self.rows += rows
 
     def close(self) -> None:
         if self._parquet is not None:
             self._parquet.close()
+        if self._arrow is not None:
+            self._arrow.close()
         if self._out is not None and self._out is not self._raw:
             self._out.close()
-        if self._raw is not None:
-            self._raw.close()
+        self._raw.close()
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    @property
+    def sha256(self) -> str:
+        """Of the file's bytes as written (read it once `close` has run)."""
+        return self._raw.digest.hexdigest()

@@ -293,9 +293,7 @@ def test_segments_cut_continuations_to_equal_length():
     from labeling.exports.selection import ConversationData, TurnRow
 
     def t(i: int, parent: int | None, role: str) -> TurnRow:
-        return TurnRow(
-            i, parent, role, 0, 0, f"t{i}", "done", "", "m", {}, "", None, False, None, None, None, T0, None, None, None
-        )
+        return TurnRow(i, parent, role, 0, f"t{i}", "done", "m", "", False)
 
     conv = ConversationData(1, "s", {}, "r", "r", "completed", 5, "", None, "", T0, None)
     for turn in (t(1, None, "user"), t(2, 1, "assistant"), t(3, 1, "assistant"), t(4, 2, "user"), t(5, 4, "assistant")):

@@ -53,6 +53,12 @@ class Command(BaseCommand):
         parser.add_argument("--grounding-weight", type=float, default=0.0, help="multiturn: reward per grounding act")
         parser.add_argument("--segment-turns", type=int, default=3, help="segments: longest segment in messages")
         parser.add_argument("--licence", default="other", help="Licence written in the dataset card (e.g. cc-by-4.0)")
+        parser.add_argument(
+            "--processes",
+            type=int,
+            help="Processes writing the export at once (default EXPORT_PROCESSES, by CPU count; 1: this one only). "
+            "The file is the same for any number.",
+        )
         parser.add_argument("--quiet", action="store_true", help="No progress line")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -71,7 +77,7 @@ class Command(BaseCommand):
                 sys.stderr.flush()
 
         try:
-            result = export_build(params=params, out=options["out"], progress=progress)
+            result = export_build(params=params, out=options["out"], progress=progress, processes=options["processes"])
         except ActionRefused as exc:
             if show:
                 sys.stderr.write("\n")
