@@ -9,8 +9,9 @@ are N user turns, 2N candidates, 0.9N `dpo` rows and N/5 `tree` rows. The data i
 set-based SQL (`INSERT … SELECT … FROM generate_series`), not the ORM, and reused by later runs
 when the counts match (`--fresh` drops the database and starts again).
 
-Each export (`export_build`, JSONL, default chunk) runs in a fresh child process, so the peak RSS
-it reports (`ru_maxrss`) belongs to that one export; the time is `export_build` alone (Django is
+Each export (`export_build`, JSONL, default chunks and processes, `--processes` to change) runs in
+a fresh child process, so the peak RSS it reports (`ru_maxrss` of that process and of the part
+processes it forks, the larger) belongs to that one export; the time is `export_build` alone (Django is
 set up before the clock starts), wall clock for rows/s, with the child's CPU time beside it (on
 a shared machine the wall clock moves with the neighbours). The output goes to a temporary
 directory, removed afterwards.
@@ -509,7 +510,7 @@ def child_main(args: argparse.Namespace) -> int:
     django.setup()
     from django.conf import settings
 
-    from labeling.exports.build import export_build
+    from labeling.exports.build import chunk_for, export_build
     from labeling.exports.selection import ExportParams
 
     params = ExportParams(study=args.study, format=args.format)
@@ -532,7 +533,7 @@ def child_main(args: argparse.Namespace) -> int:
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
     figures = {"rows": result.rows, "conversations": result.conversations, "seconds": elapsed, "cpu": cpu,
                "peak_mb": peak, "before_mb": before, "bytes": result.data_file.stat().st_size,
-               "processes": processes}  # fmt: skip
+               "processes": processes, "chunk": chunk_for(result.conversations)}  # fmt: skip
     print(json.dumps(figures))
     return 0
 
@@ -618,8 +619,10 @@ def main(argv: list[str] | None = None) -> int:
 
     profiled = " (PROFILED: times include cProfile overhead)" if args.profile else ""
     processes = sorted({r["processes"] for r in results})
-    print(f"\nexport_throughput: JSONL, chunk 400, {'/'.join(map(str, processes))} process(es) per export, "
-          f"{os.cpu_count()} CPUs, PostgreSQL, load average {load:.2f} at start{profiled}\n")  # fmt: skip
+    chunks = ", ".join(f"{r['chunk']} at {r['size']:,}" for r in results if r["format"] == results[0]["format"])
+    print(f"\nexport_throughput: JSONL, chunks of {chunks} conversations, {'/'.join(map(str, processes))} "
+          f"process(es) per export, {os.cpu_count()} CPUs, PostgreSQL, load average {load:.2f} at start"
+          f"{profiled}\n")  # fmt: skip
     header = (f"{'comparisons':>11}  {'format':6} {'rows':>9} {'seconds':>8} {'CPU s':>7} {'rows/s':>9} "
               f"{'RSS before':>10} {'peak RSS':>8} {'COPY rows/s':>11} {'ours/COPY':>9}")  # fmt: skip
     print(header)

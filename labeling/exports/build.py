@@ -27,6 +27,9 @@ Progress = Callable[[int, int, int], None]
 
 logger = logging.getLogger(__name__)
 
+MIN_CHUNKS = 16
+MIN_CHUNK_CONVERSATIONS = 50
+
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -100,7 +103,7 @@ def export_build(
 ) -> ExportResult:
     """Write `out/` (data file, README.md, manifest.json) or nothing at all.
 
-    Conversations are read `chunk` at a time (default: settings.EXPORT_CHUNK_CONVERSATIONS).
+    Conversations are read `chunk` at a time (default: `chunk_for`).
     With `processes` > 1 (default: settings.EXPORT_PROCESSES) a selection of several chunks is
     split into runs of whole chunks written by that many processes at once, then joined in
     order: the same file as one process writes (see `export_parts`).
@@ -117,7 +120,7 @@ def export_build(
     total = sel.count()
     if total == 0:
         raise _refuse(f"No conversations in study “{sel.study.slug}” match the filters: nothing to export.")
-    chunk = chunk or settings.EXPORT_CHUNK_CONVERSATIONS
+    chunk = chunk or chunk_for(total)
     processes = settings.EXPORT_PROCESSES if processes is None else processes
     spans = sel.spans(total=total, chunk=chunk, parts=processes) if processes > 1 and sel.concurrent_reads() else []
     counted = _Counted(total, progress)
@@ -153,6 +156,14 @@ def export_build(
     except OSError as exc:
         raise _refuse(f"Writing the export to {out} failed: {exc.strerror or exc}.") from exc
     return ExportResult(out=out, data_file=out / name, rows=writer.rows, conversations=total, sha256=digest)
+
+
+def chunk_for(total: int) -> int:
+    """Conversations per chunk: settings.EXPORT_CHUNK_CONVERSATIONS, but a small selection is
+    cut into at least MIN_CHUNKS chunks (of 50 or more), so that the runs of whole chunks a
+    split export gives its processes come out even. It depends on the selection only, never on
+    the number of processes: the file (Parquet row groups are chunks) stays the same."""
+    return min(settings.EXPORT_CHUNK_CONVERSATIONS, max(MIN_CHUNK_CONVERSATIONS, -(-total // MIN_CHUNKS)))
 
 
 class _Counted:

@@ -161,3 +161,12 @@ def test_the_command_splits_with_processes(committed, tmp_path, settings, split_
                  "--processes", "1", "--quiet")  # fmt: skip
     assert split_runs == [2]
     assert exported(tmp_path / "two") == exported(tmp_path / "one")
+
+
+def test_small_selections_are_cut_into_enough_chunks_to_balance_the_parts(settings):
+    from labeling.exports.build import chunk_for
+
+    settings.EXPORT_CHUNK_CONVERSATIONS = 400
+    assert [chunk_for(n) for n in (2, 800, 2000, 6400, 20000, 10**6)] == [50, 50, 125, 400, 400, 400]
+    settings.EXPORT_CHUNK_CONVERSATIONS = 1
+    assert chunk_for(2000) == 1
