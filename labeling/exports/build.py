@@ -75,8 +75,9 @@ def _heap_kept() -> Iterator[None]:
     Every chunk frees its query results and rows (tens of MB) and allocates as much again.
     At glibc's default the freed top of the heap goes back to the kernel and the next chunk
     faults it in again, page by page: a third of an export's system time, 5–10 % of its wall
-    time (docs/benchmarks.md). The peak is the same either way; afterwards the threshold goes
-    back to the default and the heap is trimmed once.
+    time (docs/benchmarks.md). The peak is the same either way. Afterwards the threshold goes
+    back to glibc's default value and the heap is trimmed once (glibc's automatic tuning of the
+    threshold stays off in that process, as after any mallopt call).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
