@@ -138,7 +138,7 @@ def export_build(
                 if len(spans) > 1:
                     logger.info("Export of %s as %s: %d conversations in %d processes", sel.study.slug,
                                 params.format, total, len(spans))  # fmt: skip
-                    stats = export_parts(sel, spans, writer=writer, staging=staging, chunk=chunk, counted=counted)
+                    stats = export_parts(sel, spans, writer=writer, staging=staging, chunk=chunk, report=counted.add)
                 else:
                     stats = export_rows(sel, writer, chunk=chunk, report=counted.add)
             finally:
@@ -210,7 +210,7 @@ def export_parts(
     writer: writers.RowWriter,
     staging: Path,
     chunk: int,
-    counted: _Counted,
+    report: Callable[[int, int], None],
 ) -> card.SelectionStats:
     """Write each span in a process of its own, then append the parts to `writer` in order.
 
@@ -248,7 +248,7 @@ def export_parts(
                         raise ExportPartFailed(f"{part.name} ended without finishing its part.") from None
                     continue
                 if kind == "progress":
-                    counted.add(first, second)
+                    report(first, second)
                 elif kind == "done":
                     part.result = (first, second)
                 elif kind == "refused":

@@ -299,9 +299,9 @@ class Selection:
     study: Study
     labels: list[Label]
     model_names: dict[int, str]
-    usernames: dict[int, str]
+    # user id → (pseudonym, username): the study's raters and voters, others added when first met
+    rater_names: dict[int, tuple[str, str]]
     details: bool = False  # read the turns' generation details and timings (DETAIL_FORMATS)
-    rater_names: dict[int, tuple[str, str]] = field(default_factory=dict)  # user id → (pseudonym, username)
     span: Span | None = None  # only the conversations with ids in [first, next part's first)
 
     def conversations(self) -> Any:
@@ -342,7 +342,7 @@ class Selection:
     def count(self) -> int:
         return self.conversations().count()
 
-    def chunks(self, *, size: int = 400) -> Iterator[list[ConversationData]]:
+    def chunks(self, *, size: int) -> Iterator[list[ConversationData]]:
         """The selected conversations in id order, `size` at a time, fully loaded.
 
         Where `concurrent_reads` allows, the next chunk is read by a thread with its own
@@ -375,12 +375,13 @@ class Selection:
         slug = self.study.slug
         by_id: dict[int, ConversationData] = {}
         for cid, ext, title, brief, intent, rater_id, status, head, goal, und, comment, started, ended in rows:
+            rater, rater_username = self._rater(rater_id)
             by_id[cid] = ConversationData(
                 id=cid,
                 study=slug,
                 scenario={"external_id": ext, "title": title, "brief": brief, "hidden_intent": intent},
-                rater=self._rater(rater_id)[0],
-                rater_username=self._rater(rater_id)[1],
+                rater=rater,
+                rater_username=rater_username,
                 status=status,
                 head_id=head,
                 outcome_goal=goal,
@@ -450,12 +451,11 @@ class Selection:
         return list(by_id.values())
 
     def _rater(self, user_id: int) -> tuple[str, str]:
-        """(pseudonym, username) of a user, looked up once per export."""
+        """(pseudonym, username) of a user; one query for a user who is neither a rater nor a
+        voter of the study (a reviewer who only tagged)."""
         found = self.rater_names.get(user_id)
         if found is None:
-            name = self.usernames.get(user_id)
-            if name is None:
-                name = get_user_model().objects.filter(pk=user_id).values_list("username", flat=True).first() or ""
+            name = get_user_model().objects.filter(pk=user_id).values_list("username", flat=True).first() or ""
             found = self.rater_names[user_id] = (pseudonym(user_id), name)
         return found
 
@@ -505,6 +505,6 @@ def selection_open(params: ExportParams, *, refuse: Callable[[str], Exception]) 
         study=study,
         labels=list(labels_for(study)),
         model_names=model_names,
-        usernames=usernames,
+        rater_names={pk: (pseudonym(pk), name) for pk, name in usernames.items()},
         details=params.format in DETAIL_FORMATS,
     )
