@@ -17,21 +17,16 @@ from typing import Any
 import pytest
 
 from labeling.models import DatasetExport
+from tests.browser.test_rater_session import PASSWORD, log_in
 from tests.labeling.export_study import build_export_study
 
 pytestmark = [pytest.mark.browser]
 
-PASSWORD = "browser-test-pw-1"
 FILES = ["dpo.jsonl", "README.md", "manifest.json"]
 
 
 def admin_log_in(page: Any, base_url: str, username: str) -> None:
-    page.goto(f"{base_url}/admin/")
-    page.wait_for_url(re.compile(r"/admin/login/"))
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{base_url}/admin/")
+    log_in(page, base_url, username, home="/admin/", login="/admin/login/")
 
 
 def download(page: Any, name: str, directory: Path) -> Path:
