@@ -30,9 +30,11 @@ test: install  ## Full suite on local PostgreSQL + Redis (started if installed b
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) CELERY_BROKER_URL=$(TEST_REDIS_URL) \
 		$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install
+lint: install  ## ruff, the import contracts (.importlinter) and mypy with django-stubs
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 migrations-check: install
 	$(PY) manage.py makemigrations --check --dry-run

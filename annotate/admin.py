@@ -1,15 +1,14 @@
 from __future__ import annotations
 
-from typing import Any
-
 from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import path, reverse
+from django.urls import path
 
 from annotate import services
 from annotate.models import Comparison, Conversation, Scenario, Study, Turn
+from core.errors import ActionRefused
 
 
 class ScenarioImportForm(forms.Form):
@@ -30,15 +29,6 @@ class StudyAdmin(admin.ModelAdmin):
     filter_horizontal = ("model_pool",)
     inlines = [ScenarioInline]
     change_form_template = "admin/annotate/study/change_form.html"
-    actions = ["export_dataset"]
-
-    @admin.action(description="Export dataset…")
-    def export_dataset(self, request: HttpRequest, queryset: Any) -> HttpResponse:
-        """Opens the export form for the selected study (an export covers one study)."""
-        study = queryset.order_by("pk").first()
-        if queryset.count() > 1:
-            messages.warning(request, f"An export covers one study: the form is open for “{study}”.")
-        return redirect(f"{reverse('admin:labeling_datasetexport_add')}?study={study.pk}")
 
     def get_urls(self):  # type: ignore[no-untyped-def]
         custom = [
@@ -58,7 +48,7 @@ class StudyAdmin(admin.ModelAdmin):
             try:
                 rows = services.scenario_rows_read(name=upload.name, data=upload.read())
                 created, updated = services.scenarios_import(study=study, rows=rows)
-            except services.ActionRefused as exc:
+            except ActionRefused as exc:
                 form.add_error("file", exc.message)
             else:
                 messages.success(request, f"Imported scenarios: {created} new, {updated} updated.")

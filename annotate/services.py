@@ -16,43 +16,22 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from annotate import selectors
+from annotate import selectors, signals
 from annotate.models import Comparison, Conversation, Scenario, Study, Turn
+from core.errors import ActionRefused
+from core.tasks import task_send
+from core.validation import clean_note, clean_text
 from workers.models import ModelConfig
 
-
-class ActionRefused(Exception):
-    """A rater action that cannot be done, with the message to show and the HTTP status."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-def clean_text(text: str | None, *, limit: int, what: str = "message") -> str:
-    """Validate free text a rater wrote. Stored as typed; templates escape it on display."""
-    text = (text or "").strip()
-    if not text:
-        raise ActionRefused(f"The {what} is empty: write something first.")
-    if "\x00" in text:
-        raise ActionRefused(f"The {what} contains a NUL character, which cannot be stored.")
-    if len(text) > limit:
-        raise ActionRefused(f"The {what} is {len(text):,} characters long; the limit is {limit:,}.", status=413)
-    return text
-
-
-def clean_note(text: str | None, *, what: str) -> str:
-    """Validate an optional free-text note (a vote's reason, the survey comment); empty is fine."""
-    text = (text or "").strip()
-    if len(text) > 4000 or "\x00" in text:
-        raise ActionRefused(f"The {what} is too long (4,000 characters at most) or malformed.")
-    return text
+# Sent by name: tag suggestions belong to labeling, a layer above this one.
+SAMPLE_TASK = "annotate.tasks.sample_turn_task"
+SUGGEST_TASK = "labeling.tasks.suggest_tags_task"
 
 
 def _locked(conversation: Conversation) -> Conversation:
@@ -65,12 +44,10 @@ def _locked(conversation: Conversation) -> Conversation:
 
 
 def _enqueue(turn_ids: Iterable[int], *, suggest_for: int | None = None) -> None:
-    from workers.tasks import sample_turn_task, suggest_tags_task
-
     for turn_id in turn_ids:
-        sample_turn_task.delay(turn_id)
+        task_send(SAMPLE_TASK, turn_id)
     if suggest_for is not None:  # after the samples: they are what the rater waits for
-        suggest_tags_task.delay(suggest_for)
+        task_send(SUGGEST_TASK, suggest_for)
 
 
 def _pool(study: Study, k: int) -> list[ModelConfig]:
@@ -225,13 +202,8 @@ def comparison_record(
     candidates = selectors.candidates_of(parent)
     if any(c.status != Turn.Status.DONE for c in candidates):
         raise ActionRefused("Wait until every reply has finished (or retry the failed one) before choosing.", 409)
-    if conversation.study.tags_required_before_vote:
-        from labeling.services import untagged_candidates
-
-        missing = untagged_candidates(rater=rater, candidates=candidates)
-        if missing:
-            names = ", ".join(f"reply {c.label}" for c in missing)
-            raise ActionRefused(f"This study asks you to tag every reply before choosing: tag {names}.", 409)
+    # Higher layers may refuse the vote (labeling: a study that wants every reply tagged first).
+    signals.vote_requested.send(sender=Comparison, conversation=conversation, rater=rater, candidates=candidates)
     chosen, strength, reason = comparison_clean(
         candidates=candidates, choice=choice, chosen_id=chosen_id, strength=strength, reason=reason
     )
@@ -390,8 +362,6 @@ def demo_setup() -> dict[str, str]:
 
     Returns the account passwords, which are reset to the demo values every time.
     """
-    from django.contrib.auth import get_user_model
-
     configs = []
     for spec in DEMO_CONFIGS:
         config, _ = ModelConfig.objects.update_or_create(
@@ -413,11 +383,6 @@ def demo_setup() -> dict[str, str]:
         },
     )
     study.model_pool.set(configs)
-    if study.taxonomy_id is None:
-        from labeling.services import default_taxonomy
-
-        study.taxonomy = default_taxonomy()
-        study.save(update_fields=["taxonomy"])
     rows = scenario_rows_read(name=DEMO_SCENARIOS.name, data=DEMO_SCENARIOS.read_bytes())
     scenarios_import(study=study, rows=rows)
     users = get_user_model()

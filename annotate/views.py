@@ -21,11 +21,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from annotate import selectors, services
+from annotate import selectors, services, signals
 from annotate.models import Comparison, Conversation, Study, Turn
-from annotate.services import ActionRefused
-from labeling.models import Tag
-from labeling.selectors import labels_for, tags_by_turn
+from core.errors import ActionRefused
+from core.http import answers_refusals
+from core.validation import parse_int, parse_request_key
 
 
 def _conversation_for(request: HttpRequest, pk: int) -> Conversation:
@@ -35,26 +35,12 @@ def _conversation_for(request: HttpRequest, pk: int) -> Conversation:
     )
 
 
-def _uuid(value: str | None) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except (TypeError, ValueError):
-        raise ActionRefused("The form is missing its request key; reload the page and try again.") from None
-
-
-def _int_or_none(value: str | None) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except ValueError:
-        raise ActionRefused(f"Expected a number, got {value[:20]!r}.") from None
-
-
 def _session_context(conversation: Conversation, error: str = "") -> dict[str, Any]:
     path = selectors.lived_path(conversation)
     awaiting = selectors.awaiting_vote(conversation)
     candidates = selectors.candidates_of(awaiting) if awaiting else []
     user_turns = sum(1 for t in path if t.role == Turn.Role.USER)
-    return {
+    context: dict[str, Any] = {
         "conversation": conversation,
         "study": conversation.study,
         "scenario": conversation.scenario,
@@ -68,11 +54,12 @@ def _session_context(conversation: Conversation, error: str = "") -> dict[str, A
         "request_key": uuid.uuid4(),
         "error": error,
         "goal_choices": Conversation.Goal.choices,
-        "tag_labels": labels_for(conversation.study),
-        "live_tags": tags_by_turn(
-            turn_ids=[t.pk for t in [*path, *candidates]], rater=conversation.rater, task=Tag.Task.LIVE
-        ),
     }
+    # What higher layers show in the session (labeling: the tag bars' labels and the rater's tags).
+    turns = [*path, *candidates]
+    for _, extra in signals.session_rendering.send(sender=Conversation, conversation=conversation, turns=turns):
+        context.update(extra)
+    return context
 
 
 def _respond(request: HttpRequest, conversation: Conversation) -> HttpResponse:
@@ -83,15 +70,10 @@ def _respond(request: HttpRequest, conversation: Conversation) -> HttpResponse:
     return redirect("annotate:conversation", pk=conversation.pk)
 
 
-def _refused(request: HttpRequest, conversation: Conversation | None, exc: ActionRefused) -> HttpResponse:
-    if request.htmx or conversation is None:
-        response = render(request, "annotate/_error.html", {"error": exc.message}, status=exc.status)
-        response["HX-Retarget"] = "#errors"
-        response["HX-Reswap"] = "innerHTML"
-        return response
-    conversation.refresh_from_db()
-    context = _session_context(conversation, error=exc.message)
-    return render(request, "annotate/conversation.html", context, status=exc.status)
+def _session_page(request: HttpRequest, exc: ActionRefused, pk: int, **_: Any) -> HttpResponse:
+    """A refused plain form post: the whole session page again, with the message above the form."""
+    conversation = _conversation_for(request, pk)
+    return render(request, "annotate/conversation.html", _session_context(conversation, exc.message), status=exc.status)
 
 
 @login_required
@@ -106,12 +88,10 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
+@answers_refusals
 def study_start(request: HttpRequest, slug: str) -> HttpResponse:
     study = get_object_or_404(Study, slug=slug, is_active=True)
-    try:
-        conversation = services.conversation_start(study=study, rater=request.user)
-    except ActionRefused as exc:
-        return render(request, "annotate/error_page.html", {"error": exc.message}, status=exc.status)
+    conversation = services.conversation_start(study=study, rater=request.user)
     return redirect("annotate:conversation", pk=conversation.pk)
 
 
@@ -127,21 +107,20 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
+@answers_refusals(page=_session_page)
 def message_send(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
-    try:
-        services.message_send(
-            conversation=conversation,
-            text=request.POST.get("text", ""),
-            client_key=_uuid(request.POST.get("client_key")),
-        )
-    except ActionRefused as exc:
-        return _refused(request, conversation, exc)
+    services.message_send(
+        conversation=conversation,
+        text=request.POST.get("text", ""),
+        client_key=parse_request_key(request.POST.get("client_key")),
+    )
     return _respond(request, conversation)
 
 
 @login_required
 @require_POST
+@answers_refusals(page=_session_page)
 def vote(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
     post = request.POST
@@ -149,47 +128,40 @@ def vote(request: HttpRequest, pk: int) -> HttpResponse:
     chosen_id = None
     if choice.isdigit():  # the form sends a candidate's id for "this one is better"
         chosen_id, choice = int(choice), Comparison.Choice.CANDIDATE
-    try:
-        services.comparison_record(
-            conversation=conversation,
-            rater=request.user,
-            parent_id=_int_or_none(post.get("parent")) or 0,
-            choice=choice,
-            chosen_id=chosen_id,
-            strength=post.get("strength", ""),
-            reason=post.get("reason", ""),
-            rewrite_text=post.get("rewrite", "") if post.get("use_rewrite") else "",
-            idempotency_key=_uuid(post.get("idempotency_key")),
-        )
-    except ActionRefused as exc:
-        return _refused(request, conversation, exc)
+    services.comparison_record(
+        conversation=conversation,
+        rater=request.user,
+        parent_id=parse_int(post.get("parent"), name="parent") or 0,
+        choice=choice,
+        chosen_id=chosen_id,
+        strength=post.get("strength", ""),
+        reason=post.get("reason", ""),
+        rewrite_text=post.get("rewrite", "") if post.get("use_rewrite") else "",
+        idempotency_key=parse_request_key(post.get("idempotency_key")),
+    )
     return _respond(request, conversation)
 
 
 @login_required
 @require_POST
+@answers_refusals(page=_session_page)
 def turn_retry(request: HttpRequest, pk: int, turn_id: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
-    try:
-        services.turn_retry(conversation=conversation, turn_id=turn_id)
-    except ActionRefused as exc:
-        return _refused(request, conversation, exc)
+    services.turn_retry(conversation=conversation, turn_id=turn_id)
     return _respond(request, conversation)
 
 
 @login_required
 @require_POST
+@answers_refusals(page=_session_page)
 def conversation_finish(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
-    try:
-        services.conversation_finish(
-            conversation=conversation,
-            goal=request.POST.get("goal", ""),
-            understanding=request.POST.get("understanding"),
-            comment=request.POST.get("comment", ""),
-        )
-    except ActionRefused as exc:
-        return _refused(request, conversation, exc)
+    services.conversation_finish(
+        conversation=conversation,
+        goal=request.POST.get("goal", ""),
+        understanding=request.POST.get("understanding"),
+        comment=request.POST.get("comment", ""),
+    )
     if request.htmx:
         response = HttpResponse(status=204)
         response["HX-Redirect"] = reverse("annotate:transcript", kwargs={"pk": conversation.pk})

@@ -510,8 +510,8 @@ def child_main(args: argparse.Namespace) -> int:
     django.setup()
     from django.conf import settings
 
-    from labeling.exports.build import chunk_for, export_build
-    from labeling.exports.selection import ExportParams
+    from exports.build import chunk_for, export_build
+    from exports.selection import ExportParams
 
     params = ExportParams(study=args.study, format=args.format)
     processes = 1 if args.profile_out else args.processes or settings.EXPORT_PROCESSES

@@ -13,39 +13,10 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from core.env import envbool, envfloat, envint
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("COMMONGROUND_VAR_DIR", BASE_DIR / "var"))
-
-
-def envbool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    if value.lower() in {"1", "true", "yes", "on"}:
-        return True
-    if value.lower() in {"0", "false", "no", "off", ""}:
-        return False
-    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), not {value!r}")
-
-
-def envint(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from None
-
-
-def envfloat(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a number, not {value!r}") from None
 
 
 DEBUG = envbool("DEBUG", False)
@@ -63,9 +34,13 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
+    # The project's apps, lowest layer first (docs/architecture.md): admin modules load in this
+    # order, so exports can extend annotate's StudyAdmin.
+    "core",
     "workers",
     "annotate",
     "labeling",
+    "exports",
 ]
 
 MIDDLEWARE = [
@@ -133,26 +108,8 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 
 # --- Celery -------------------------------------------------------------------------------
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
-CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
-    # Redis: a message held by a worker that died is handed out again after this many seconds.
-    # Longer than the task time limit, so a live generation is never handed out twice.
-    "visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", 900),
-}
-if CELERY_BROKER_URL.startswith("filesystem"):
-    _broker_dir = VAR_DIR / "broker"
-    for _sub in ("queue", "processed"):
-        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS.update(
-        {
-            "data_folder_in": str(_broker_dir / "queue"),
-            "data_folder_out": str(_broker_dir / "queue"),
-            "processed_folder": str(_broker_dir / "processed"),
-            "store_processed": False,
-            "polling_interval": 0.1,
-        }
-    )
-CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", False)
+# The broker, queues, routes, time limits and transport options are all in workers/celery_app.py
+# (CELERY_BROKER_URL, CELERY_VISIBILITY_TIMEOUT and CELERY_TASK_ALWAYS_EAGER are read there).
 
 # --- Exports ------------------------------------------------------------------------------
 # Where exports requested in admin are written (one directory per export).

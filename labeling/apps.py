@@ -6,3 +6,11 @@ from django.apps import AppConfig
 class LabelingConfig(AppConfig):
     name = "labeling"
     verbose_name = "Labeling"
+
+    def ready(self) -> None:
+        from annotate import signals
+        from labeling import receivers
+
+        signals.vote_requested.connect(receivers.refuse_untagged_vote, dispatch_uid="labeling.untagged_vote")
+        signals.turn_finished.connect(receivers.suggest_on_finished_reply, dispatch_uid="labeling.suggest")
+        signals.session_rendering.connect(receivers.session_tagging, dispatch_uid="labeling.session_tags")

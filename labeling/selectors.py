@@ -9,12 +9,21 @@ from django.db.models import Count, QuerySet
 
 from annotate.models import Comparison, Conversation, Study, Turn
 from annotate.selectors import lived_path
-from labeling.models import Label, ReviewAssignment, Tag
-from labeling.services import taxonomy_for
+from labeling.models import Label, ReviewAssignment, Tag, Taxonomy
+
+DEFAULT_TAXONOMY_SLUG = "default"
+
+
+def taxonomy_for(study: Study) -> Taxonomy | None:
+    """The study's taxonomy, or the shipped default (created by a migration; None if it was deleted)."""
+    if study.taxonomy_id is not None:
+        return study.taxonomy
+    return Taxonomy.objects.filter(slug=DEFAULT_TAXONOMY_SLUG).first()
 
 
 def labels_for(study: Study) -> list[Label]:
-    return list(taxonomy_for(study).labels.all())
+    taxonomy = taxonomy_for(study)
+    return list(taxonomy.labels.all()) if taxonomy is not None else []
 
 
 def tags_by_turn(*, turn_ids: Iterable[int], rater: object, task: str) -> dict[int, list[Tag]]:

@@ -1,29 +1,22 @@
-"""Writes for taxonomies, tags and the review pass. Views, admin, commands and the live session come through here."""
+"""Writes for taxonomies, tags and the review pass. Views, admin, commands and tasks come through here."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import shutil
-import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
 from annotate.models import Comparison, Conversation, Study, Turn
 from annotate.selectors import candidates_of
-from annotate.services import ActionRefused, comparison_clean
-from labeling.models import DatasetExport, Label, ReviewAssignment, Tag, Taxonomy
-
-if TYPE_CHECKING:
-    from labeling.exports.selection import ExportParams
+from annotate.services import comparison_clean
+from core.errors import ActionRefused
+from labeling.models import Label, ReviewAssignment, Tag, Taxonomy
+from labeling.selectors import DEFAULT_TAXONOMY_SLUG, reviewable_conversations, taxonomy_for
 
 DEFAULT_TAXONOMY_FILE = Path(__file__).parent / "default_taxonomy.yaml"
 LABEL_FIELDS = ("name", "title", "kind", "definition", "examples", "roles", "takes_span", "links_turn", "polarity",
@@ -84,13 +77,13 @@ def taxonomy_from_yaml(text: str, *, slug: str | None = None) -> Taxonomy:
 
 
 def default_taxonomy() -> Taxonomy:
-    """The shipped taxonomy, created from default_taxonomy.yaml on first use."""
-    existing = Taxonomy.objects.filter(slug="default").first()
+    """The shipped taxonomy (default_taxonomy.yaml), created if missing.
+
+    A data migration creates it with the database; `setup_demo` and the tests call this to put it
+    back after it was deleted. Pages only ever read it (`selectors.taxonomy_for`).
+    """
+    existing = Taxonomy.objects.filter(slug=DEFAULT_TAXONOMY_SLUG).first()
     return existing or taxonomy_from_yaml(DEFAULT_TAXONOMY_FILE.read_text())
-
-
-def taxonomy_for(study: Study) -> Taxonomy:
-    return study.taxonomy or default_taxonomy()
 
 
 # --- tags ----------------------------------------------------------------------------------
@@ -120,7 +113,7 @@ def _taggable_turn(*, rater: AbstractBaseUser, turn_id: int, task: str) -> Turn:
 def _label(turn: Turn, label: int | str) -> Label:
     taxonomy = taxonomy_for(turn.conversation.study)
     lookup = {"pk": label} if isinstance(label, int) or str(label).isdigit() else {"name": label}
-    found = taxonomy.labels.filter(**lookup).first()
+    found = taxonomy.labels.filter(**lookup).first() if taxonomy is not None else None
     if found is None:
         raise ActionRefused(f"Unknown label {label!r} for this study.")
     if not found.applies_to(turn.role):
@@ -234,8 +227,6 @@ def review_claim(*, rater: AbstractBaseUser, study: Study) -> ReviewAssignment:
     Claims are serialised per study (the study row is locked), so two raters claiming at once
     cannot push a conversation past `study.review_overlap`.
     """
-    from labeling.selectors import reviewable_conversations  # selectors import this module
-
     open_review = ReviewAssignment.objects.filter(
         rater=rater, conversation__study=study, status=ReviewAssignment.Status.OPEN
     ).first()
@@ -321,95 +312,3 @@ def review_vote(
     vote.idempotency_key = idempotency_key
     vote.save()
     return vote
-
-
-# --- exports requested in admin, run by a worker ------------------------------------------
-
-
-def export_request(*, params: ExportParams, requested_by: AbstractBaseUser | None) -> DatasetExport:
-    """Check the parameters now (so the researcher sees a mistake at once) and queue the export."""
-    from labeling.exports.selection import selection_open  # exports read through labeling.selectors → here
-    from workers.tasks import export_dataset_task
-
-    selection = selection_open(params, refuse=lambda message: ActionRefused(message, status=400))
-    if selection.count() == 0:
-        raise ActionRefused(f"No conversations in study “{params.study}” match the filters: nothing to export.")
-    export = DatasetExport.objects.create(
-        study=selection.study, format=params.format, params=params.as_manifest(), requested_by=requested_by
-    )
-    transaction.on_commit(lambda: export_dataset_task.delay(export.pk))
-    return export
-
-
-def export_output_dir(export: DatasetExport) -> Path:
-    return Path(settings.EXPORT_DIR) / f"export-{export.pk}-{export.study.slug}-{export.format}"
-
-
-def _export_claim(export_id: int) -> DatasetExport | None:
-    """Take the export if it is queued, or running with a silent worker (it died). Conditional on
-    the attempt, so two deliveries of the task never both run it."""
-    export = DatasetExport.objects.select_related("study").filter(pk=export_id).first()
-    if export is None or export.is_finished:
-        return None
-    stale = timezone.now() - dt.timedelta(seconds=settings.EXPORT_LEASE_SECONDS)
-    claimable = Q(status=DatasetExport.Status.QUEUED) | Q(status=DatasetExport.Status.RUNNING, heartbeat_at__lt=stale)
-    claimed = DatasetExport.objects.filter(claimable, pk=export_id, attempt=export.attempt).update(
-        status=DatasetExport.Status.RUNNING, attempt=F("attempt") + 1, heartbeat_at=timezone.now()
-    )
-    if claimed != 1:
-        return None
-    export.refresh_from_db()
-    return export
-
-
-def export_run(*, export_id: int) -> str:
-    """Run a queued export: 'done', 'failed', 'busy' (another worker holds it) or 'gone'."""
-    from labeling.exports.build import export_build
-    from labeling.exports.selection import ExportParams
-
-    export = _export_claim(export_id)
-    if export is None:
-        current = DatasetExport.objects.filter(pk=export_id).values_list("status", flat=True).first()
-        return "busy" if current == DatasetExport.Status.RUNNING else "gone"
-    mine = DatasetExport.objects.filter(pk=export.pk, attempt=export.attempt)
-    out = export_output_dir(export)
-    if out.exists():  # left by an earlier attempt that died after the rename
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    last_write = 0.0
-
-    def progress(done: int, total: int, rows: int) -> None:
-        nonlocal last_write
-        if time.monotonic() - last_write >= 0.5 or done == total:
-            last_write = time.monotonic()
-            mine.update(conversations_done=done, conversations_total=total, rows=rows, heartbeat_at=timezone.now())
-
-    try:
-        result = export_build(params=ExportParams.from_dict(export.params), out=out, progress=progress)
-    except ActionRefused as exc:
-        mine.update(status=DatasetExport.Status.FAILED, error=exc.message, finished_at=timezone.now())
-        return "failed"
-    except Exception as exc:  # reported on the export's page, not lost in a worker log
-        mine.update(status=DatasetExport.Status.FAILED, error=f"Unexpected error: {exc!r}", finished_at=timezone.now())
-        raise
-    mine.update(
-        status=DatasetExport.Status.DONE,
-        out_dir=str(result.out),
-        rows=result.rows,
-        sha256=result.sha256,
-        conversations_done=result.conversations,
-        conversations_total=result.conversations,
-        finished_at=timezone.now(),
-    )
-    return "done"
-
-
-def export_files(export: DatasetExport) -> list[str]:
-    """The files of a finished export a researcher may download, data file first."""
-    if export.status != DatasetExport.Status.DONE or not export.out_dir:
-        return []
-    manifest = Path(export.out_dir) / "manifest.json"
-    if not manifest.is_file():
-        return []
-    data = [f["path"] for f in json.loads(manifest.read_text())["files"]]
-    return [*data, "README.md", "manifest.json"]

@@ -33,7 +33,7 @@ from django.db.models import Count, Q
 
 from annotate.models import Conversation, Study, Turn
 from labeling.models import Label, Tag
-from labeling.services import taxonomy_for
+from labeling.selectors import labels_for
 
 if TYPE_CHECKING:
     import torch
@@ -156,7 +156,7 @@ def suggest_for_turn(*, turn_id: int) -> list[Tag]:
     found = rules(turn)
     if not found:
         return []
-    labels = {label.name: label for label in taxonomy_for(turn.conversation.study).labels.all()}
+    labels = {label.name: label for label in labels_for(turn.conversation.study)}
     suggestions = []
     for name, linked, note in found:
         label = labels.get(name)

@@ -26,6 +26,23 @@ from workers.models import ModelConfig
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# --- the database as migrations leave it ------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _default_taxonomy(request: pytest.FixtureRequest) -> None:
+    """Put back the default taxonomy (a data migration creates it) after a transactional test
+    flushed every table; pages only read it."""
+    marker = request.node.get_closest_marker("django_db")
+    transactional = "transactional_db" in request.fixturenames or bool(marker and marker.kwargs.get("transaction"))
+    if not (marker or transactional or "db" in request.fixturenames):
+        return
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    from labeling.services import default_taxonomy
+
+    default_taxonomy()
+
+
 # --- factories -----------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Celery app, generation tasks and model backends."""
+"""Model configurations, model backends and loading, and the Celery app (`celery -A workers`)."""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -102,8 +103,6 @@ _LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
 
 def _bundled_gguf(name: str) -> tuple[Path, str, str]:
     """Assemble a bundled GGUF package into the cache; returns (dir, file name, sha256)."""
-    import importlib
-
     package = importlib.import_module(BUNDLED_MODELS[name])
     target = Path(settings.MODEL_CACHE_DIR) / "gguf" / package.MODEL_NAME
     if not target.exists():
@@ -360,7 +359,7 @@ def preload_from_settings() -> None:
     names = [n.strip() for n in settings.WORKER_PRELOAD_MODELS.split(",") if n.strip()]
     if not names:
         return
-    from workers.models import ModelConfig
+    from workers.models import ModelConfig  # models import only once Django's app registry is ready
 
     for config in ModelConfig.objects.filter(name__in=names, backend=ModelConfig.Backend.TRANSFORMERS):
         load_transformers(config.model_path, config.gguf_file)

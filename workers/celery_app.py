@@ -1,22 +1,69 @@
-"""The Celery app. Generation, tag suggestions and exports run on separate queues.
+"""The Celery app: broker, queues, routes, time limits and transport options, all here.
 
-Reliability settings follow one rule: a task is acknowledged only after it finished, and a
-redelivered task is harmless because every task claims its row with a conditional update.
+Reliability follows one rule: a task is acknowledged only after it finished, and a redelivered
+task is harmless because every task claims its row with a conditional update (a turn's or an
+export's `attempt`). Tasks are named and routed by name, so this module imports no app above it.
+
+How the numbers fit together (change one, check the others):
+
+* A generation task may run up to GENERATION_TIME_LIMIT; an export up to EXPORT_TIME_LIMIT.
+* A claimed turn whose worker wrote nothing for TURN_LEASE_SECONDS (60 s), or an export that
+  reported no progress for EXPORT_LEASE_SECONDS (60 s), may be taken over by a redelivered copy.
+* On Redis, a message whose worker vanished without a word is handed out again only after
+  VISIBILITY_TIMEOUT (900 s). That is above the generation limit, so a live generation is never
+  handed out twice. It is *below* the export limit: a long export's message can be redelivered
+  while the export still runs. That is safe only because of the export lease: the copy finds the
+  export running with a fresh heartbeat and retries later (`exports.services.export_run` →
+  'busy'), and takes it over only once the first worker has gone quiet.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
+from django.conf import settings
+
+from core.env import envbool, envint
+from workers import backends
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
+QUEUES = ("generation", "suggestions", "exports")
+GENERATION_SOFT_TIME_LIMIT, GENERATION_TIME_LIMIT = 600, 660
+EXPORT_SOFT_TIME_LIMIT, EXPORT_TIME_LIMIT = 3600, 3660
+VISIBILITY_TIMEOUT = envint("CELERY_VISIBILITY_TIMEOUT", 900)
+BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+
+
+def broker_transport_options(broker_url: str) -> dict[str, Any]:
+    """Redis: the visibility timeout above. The embedded filesystem broker: its folders, all
+    under VAR_DIR (kombu would otherwise put its control folder in the working directory)."""
+    options: dict[str, Any] = {"visibility_timeout": VISIBILITY_TIMEOUT}
+    if broker_url.startswith("filesystem"):
+        broker_dir = settings.VAR_DIR / "broker"
+        for sub in ("queue", "processed", "control"):
+            (broker_dir / sub).mkdir(parents=True, exist_ok=True)
+        options.update(
+            data_folder_in=str(broker_dir / "queue"),
+            data_folder_out=str(broker_dir / "queue"),
+            processed_folder=str(broker_dir / "processed"),
+            control_folder=str(broker_dir / "control"),
+            store_processed=False,
+            polling_interval=0.1,
+        )
+    return options
+
+
 app = Celery("commonground")
-app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.update(
+    broker_url=BROKER_URL,
+    broker_transport_options=broker_transport_options(BROKER_URL),
+    broker_connection_retry_on_startup=True,
+    task_always_eager=envbool("CELERY_TASK_ALWAYS_EAGER", False),
     task_serializer="json",
     accept_content=["json"],
     result_backend=None,
@@ -24,30 +71,34 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    task_soft_time_limit=600,
-    task_time_limit=660,
+    worker_hijack_root_logger=False,
+    task_soft_time_limit=GENERATION_SOFT_TIME_LIMIT,
+    task_time_limit=GENERATION_TIME_LIMIT,
     task_default_queue="generation",
     task_routes={
-        "workers.tasks.sample_turn_task": {"queue": "generation"},
+        "annotate.tasks.sample_turn_task": {"queue": "generation"},
         # Tag suggestions never wait behind, or hold up, a generation.
-        "workers.tasks.suggest_tags_task": {"queue": "suggestions"},
-        "workers.tasks.export_dataset_task": {"queue": "exports"},
+        "labeling.tasks.suggest_tags_task": {"queue": "suggestions"},
+        "exports.tasks.export_dataset_task": {"queue": "exports"},
     },
-    broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
+    task_annotations={
+        "exports.tasks.export_dataset_task": {
+            "soft_time_limit": EXPORT_SOFT_TIME_LIMIT,
+            "time_limit": EXPORT_TIME_LIMIT,
+        },
+    },
 )
-app.autodiscover_tasks(["workers"])
+# Each app's tasks.py (annotate, labeling, exports), found through INSTALLED_APPS.
+app.autodiscover_tasks()
 
 
 @worker_process_init.connect
 def _preload_models(**_: object) -> None:
     """Load configured models once per worker process, before the first task arrives."""
-    from workers import backends
-
     backends.preload_from_settings()
 
 
 def worker_argv(*, concurrency: int, name: str = "generation@%h") -> list[str]:
     """The command that starts a worker for every queue (`serve`, the tests, bench/)."""
-    return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "generation,suggestions,exports",
+    return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(QUEUES),
             "-c", str(concurrency), "--loglevel", "INFO", "-n", name]  # fmt: skip

@@ -17,7 +17,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotate import selectors as annotate_selectors
 from annotate.models import Comparison, Study, Turn
-from annotate.services import ActionRefused
+from core.errors import ActionRefused
+from core.http import answers_refusals, refused_fragment, refused_page
+from core.validation import parse_int, parse_request_key
 from labeling import selectors, services
 from labeling.models import ReviewAssignment, Tag
 
@@ -29,10 +31,6 @@ def _assignment_for(request: HttpRequest, pk: int) -> ReviewAssignment:
         pk=pk,
         rater=request.user,
     )
-
-
-def _refused(request: HttpRequest, exc: ActionRefused) -> HttpResponse:
-    return render(request, "annotate/error_page.html", {"error": exc.message}, status=exc.status)
 
 
 @login_required
@@ -47,12 +45,10 @@ def review_home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
+@answers_refusals
 def review_next(request: HttpRequest, slug: str) -> HttpResponse:
     study = get_object_or_404(Study, slug=slug)
-    try:
-        assignment = services.review_claim(rater=request.user, study=study)
-    except ActionRefused as exc:
-        return _refused(request, exc)
+    assignment = services.review_claim(rater=request.user, study=study)
     return redirect("labeling:review_detail", pk=assignment.pk)
 
 
@@ -106,14 +102,6 @@ def _vote_context(assignment: ReviewAssignment, step: dict[str, Any], error: str
     }
 
 
-def _post_int(request: HttpRequest, name: str) -> int | None:
-    value = request.POST.get(name, "")
-    try:
-        return int(value) if value else None
-    except ValueError:
-        raise ActionRefused(f"{name} must be a whole number, not {value[:20]!r}.") from None
-
-
 @login_required
 @require_POST
 def review_vote(request: HttpRequest, pk: int) -> HttpResponse:
@@ -126,11 +114,8 @@ def review_vote(request: HttpRequest, pk: int) -> HttpResponse:
     parent_id = None
     error: ActionRefused | None = None
     try:
-        parent_id = _post_int(request, "parent")
-        try:
-            key = uuid.UUID(post.get("idempotency_key", ""))
-        except ValueError:
-            raise ActionRefused("The form is missing its request key; reload the page and try again.") from None
+        parent_id = parse_int(post.get("parent"), name="parent")
+        key = parse_request_key(post.get("idempotency_key"))
         services.review_vote(
             rater=request.user,
             assignment_id=pk,
@@ -151,24 +136,19 @@ def review_vote(request: HttpRequest, pk: int) -> HttpResponse:
         step = steps.get(parent_id)
     if not request.htmx:
         if error is not None:
-            return _refused(request, error)
+            return refused_page(request, error)
         return redirect(reverse("labeling:review_detail", args=[pk]) + f"#review-vote-{parent_id}")
     if assignment is None or step is None:
         # Someone else's review, or a turn that takes no vote: no form to show it in, so the page's #errors.
         error = error or ActionRefused("No such message in the conversation you are reviewing.", status=404)
-        response = render(request, "annotate/_error.html", {"error": error.message}, status=error.status)
-        response["HX-Retarget"] = "#errors"
-        response["HX-Reswap"] = "innerHTML"
-        return response
+        return refused_fragment(request, error)
     context = _vote_context(assignment, step, error.message if error else "")
     return render(request, "labeling/_review_vote.html", context, status=error.status if error else 200)
 
 
 @login_required
 @require_POST
+@answers_refusals
 def review_done(request: HttpRequest, pk: int) -> HttpResponse:
-    try:
-        services.review_finish(rater=request.user, assignment_id=pk)
-    except ActionRefused as exc:
-        return _refused(request, exc)
+    services.review_finish(rater=request.user, assignment_id=pk)
     return redirect("labeling:review_home")

@@ -14,7 +14,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from annotate.models import Turn
-from annotate.services import ActionRefused
+from core.errors import ActionRefused
+from core.http import answers_refusals
+from core.validation import parse_int
 from labeling import selectors, services
 from labeling.models import Tag
 
@@ -26,13 +28,7 @@ def _param(request: HttpRequest, name: str) -> str | None:
 
 
 def _int(request: HttpRequest, name: str) -> int | None:
-    value = _param(request, name)
-    if value in (None, ""):
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ActionRefused(f"{name} must be a whole number, not {value[:20]!r}.") from None
+    return parse_int(_param(request, name), name=name)
 
 
 def _text_offset(text: str, shown: int | None) -> int | None:
@@ -84,63 +80,48 @@ def _respond(request: HttpRequest, turn: Turn, task: str) -> HttpResponse:
     return redirect("labeling:review_home")
 
 
-def _refused(request: HttpRequest, exc: ActionRefused) -> HttpResponse:
-    if not request.htmx:
-        return render(request, "annotate/error_page.html", {"error": exc.message}, status=exc.status)
-    response = render(request, "annotate/_error.html", {"error": exc.message}, status=exc.status)
-    response["HX-Retarget"] = "#errors"
-    response["HX-Reswap"] = "innerHTML"
-    return response
-
-
 @login_required
 @require_POST
+@answers_refusals
 def tag_add(request: HttpRequest) -> HttpResponse:
     task = _param(request, "task") or Tag.Task.LIVE
-    try:
-        turn_id = _int(request, "turn")
-        if turn_id is None:
-            raise ActionRefused("Say which turn to tag.")
-        label = _param(request, "label") or ""
-        if not label:
-            raise ActionRefused("Say which label to put on the turn.")
-        turn = Turn.objects.filter(pk=turn_id).only("text").first()
-        text = turn.text if turn else ""
-        tag = services.tag_add(
-            rater=request.user,
-            turn_id=turn_id,
-            label=label,
-            task=task,
-            span_start=_text_offset(text, _int(request, "span_start")),
-            span_end=_text_offset(text, _int(request, "span_end")),
-            linked_turn_id=_int(request, "linked_turn"),
-        )
-    except ActionRefused as exc:
-        return _refused(request, exc)
+    turn_id = _int(request, "turn")
+    if turn_id is None:
+        raise ActionRefused("Say which turn to tag.")
+    label = _param(request, "label") or ""
+    if not label:
+        raise ActionRefused("Say which label to put on the turn.")
+    turn = Turn.objects.filter(pk=turn_id).only("text").first()
+    text = turn.text if turn else ""
+    tag = services.tag_add(
+        rater=request.user,
+        turn_id=turn_id,
+        label=label,
+        task=task,
+        span_start=_text_offset(text, _int(request, "span_start")),
+        span_end=_text_offset(text, _int(request, "span_end")),
+        linked_turn_id=_int(request, "linked_turn"),
+    )
     return _respond(request, tag.turn, tag.task)
 
 
 @login_required
 @require_POST
+@answers_refusals
 def tag_remove(request: HttpRequest, pk: int) -> HttpResponse:
     tag = Tag.objects.select_related("turn__conversation__study").filter(pk=pk, rater=request.user).first()
-    try:
-        if tag is None:
-            raise ActionRefused("No such tag.", status=404)
-        services.tag_remove(rater=request.user, tag_id=pk)
-    except ActionRefused as exc:
-        return _refused(request, exc)
+    if tag is None:
+        raise ActionRefused("No such tag.", status=404)
+    services.tag_remove(rater=request.user, tag_id=pk)
     return _respond(request, tag.turn, tag.task)
 
 
 @login_required
 @require_POST
+@answers_refusals
 def suggestion_decide(request: HttpRequest, pk: int) -> HttpResponse:
     answer = _param(request, "accept")
-    try:
-        if answer not in ("1", "0"):
-            raise ActionRefused("Say whether to accept (accept=1) or reject (accept=0) the suggestion.")
-        tag = services.suggestion_decide(rater=request.user, tag_id=pk, accept=answer == "1")
-    except ActionRefused as exc:
-        return _refused(request, exc)
+    if answer not in ("1", "0"):
+        raise ActionRefused("Say whether to accept (accept=1) or reject (accept=0) the suggestion.")
+    tag = services.suggestion_decide(rater=request.user, tag_id=pk, accept=answer == "1")
     return _respond(request, tag.turn, tag.task)

@@ -9,7 +9,7 @@ from django.db import connection
 
 from annotate import selectors, services
 from annotate.models import Comparison, Conversation, Scenario, Turn
-from annotate.services import ActionRefused
+from core.errors import ActionRefused
 
 pytestmark = pytest.mark.django_db
 

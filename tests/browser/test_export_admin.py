@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from labeling.models import DatasetExport
+from exports.models import DatasetExport
 from tests.browser.test_rater_session import PASSWORD, log_in
-from tests.labeling.export_study import build_export_study
+from tests.exports.export_study import build_export_study
 
 pytestmark = [pytest.mark.browser]
 
@@ -61,7 +61,7 @@ def test_researcher_exports_dpo_from_the_study_list_and_downloads_it(
     page.get_by_role("button", name="Go").click()
 
     # Then the export form opens with the study preselected
-    page.wait_for_url(re.compile(rf"/admin/labeling/datasetexport/add/\?study={golden['study'].pk}$"))
+    page.wait_for_url(re.compile(rf"/admin/exports/datasetexport/add/\?study={golden['study'].pk}$"))
     form = page.locator("#export-form")
     assert form.locator("#id_study option:checked").inner_text() == "Golden study"
     assert form.locator("#id_file_format").input_value() == "jsonl"
@@ -71,7 +71,7 @@ def test_researcher_exports_dpo_from_the_study_list_and_downloads_it(
     form.get_by_role("button", name="Start export").click()
 
     # Then the export's page shows a progress bar, and the status turns to Done with the download links
-    page.wait_for_url(re.compile(r"/admin/labeling/datasetexport/\d+/change/$"))
+    page.wait_for_url(re.compile(r"/admin/exports/datasetexport/\d+/change/$"))
     export = DatasetExport.objects.get()
     assert page.locator("#export-progress progress").count() == 1
     assert page.locator("#content h1").all_inner_texts() == [f"Export {export.pk}: dpo of Golden study"]
@@ -118,7 +118,7 @@ def test_filters_that_select_nothing_are_refused_on_the_form(start_server, make_
     # When they open the export form from the study's page and ask only for conversations until 2000
     page.goto(f"{base_url}/admin/annotate/study/{golden['study'].pk}/change/")
     page.locator(".object-tools").get_by_role("link", name="Export dataset").click()
-    page.wait_for_url(re.compile(r"/admin/labeling/datasetexport/add/\?study=\d+$"))
+    page.wait_for_url(re.compile(r"/admin/exports/datasetexport/add/\?study=\d+$"))
     form = page.locator("#export-form")
     assert page.locator("#content h1").all_inner_texts() == ["Export a dataset"]
     assert form.locator("#id_study option:checked").inner_text() == "Golden study"
@@ -131,11 +131,11 @@ def test_filters_that_select_nothing_are_refused_on_the_form(start_server, make_
     error = page.locator("#export-form ul.errorlist.nonfield")
     error.wait_for()
     assert "match the filters: nothing to export" in error.inner_text()
-    assert re.search(r"/admin/labeling/datasetexport/add/", page.url)
+    assert re.search(r"/admin/exports/datasetexport/add/", page.url)
     assert form.locator("#id_until").input_value() == "2000-01-01"
     assert form.locator("#id_format").input_value() == "dpo"
     assert not DatasetExport.objects.exists()
 
     # ... and an export page for an id that is not a number is "not found", not a server error
-    assert page.request.get(f"{base_url}/admin/labeling/datasetexport/1/manifest.json/change/").status == 404
+    assert page.request.get(f"{base_url}/admin/exports/datasetexport/1/manifest.json/change/").status == 404
     assert browser_page.page_errors == [] and browser_page.bad_responses == [] and browser_page.dialogs == []

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from annotate import services
 from annotate.models import Conversation, Turn
-from annotate.services import ActionRefused
+from core.errors import ActionRefused
 from labeling import services as labeling
 from labeling.models import ReviewAssignment, Tag
 from tests.annotate.test_services import choose, finish_candidates

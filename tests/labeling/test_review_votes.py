@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from annotate import selectors as annotate_selectors
 from annotate.models import Comparison, Conversation, Turn
-from annotate.services import ActionRefused
+from core.errors import ActionRefused
 from labeling import services as labeling
 from labeling.models import ReviewAssignment
 from tests.annotate.test_services import choose, finish_candidates

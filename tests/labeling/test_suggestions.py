@@ -5,15 +5,14 @@ from __future__ import annotations
 import pytest
 from django.core.management import call_command
 
-from annotate import selectors, services
+from annotate import generation, selectors, services
 from annotate.models import Conversation, Turn
+from labeling import receivers, suggestions
 from labeling import services as labeling
-from labeling import suggestions
 from labeling.models import Tag
+from labeling.tasks import suggest_tags_task
 from tests.annotate.test_services import choose, finish_candidates
-from workers import services as worker_services
 from workers.backends import GenerationResult
-from workers.tasks import suggest_tags_task
 
 pytestmark = pytest.mark.django_db
 
@@ -168,11 +167,9 @@ def test_pending_candidate_gets_no_suggestion(make_conversation):
 def test_message_send_enqueues_suggestions_for_the_user_turn_after_commit(
     make_conversation, monkeypatch, django_capture_on_commit_callbacks
 ):
-    from workers import tasks
-
+    short = {"annotate.tasks.sample_turn_task": "sample", "labeling.tasks.suggest_tags_task": "suggest"}
     sent: list[tuple[str, int]] = []
-    monkeypatch.setattr(tasks.sample_turn_task, "delay", lambda pk: sent.append(("sample", pk)))
-    monkeypatch.setattr(tasks.suggest_tags_task, "delay", lambda pk: sent.append(("suggest", pk)))
+    monkeypatch.setattr(services, "task_send", lambda name, pk: sent.append((short[name], pk)))
     conversation = make_conversation()
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         user_turn = services.message_send(conversation=conversation, text="Plan a party")
@@ -195,12 +192,12 @@ def test_worker_suggests_on_a_candidate_when_it_finishes(make_conversation, monk
             on_text("Do you mean")
             return GenerationResult(text="Do you mean a birthday party?", prompt_tokens=5, completion_tokens=7)
 
-    monkeypatch.setattr(worker_services, "backend_for", lambda config: Asker())
+    monkeypatch.setattr(generation, "backend_for", lambda config: Asker())
     conversation = make_conversation()
     user_turn = services.message_send(conversation=conversation, text="Can you plan a party?")
     candidate = selectors.candidates_of(user_turn)[0]
 
-    assert worker_services.turn_generate(turn_id=candidate.pk) == "done"
+    assert generation.turn_generate(turn_id=candidate.pk) == "done"
 
     assert set(suggested(candidate)) == {"clarification"}
 
@@ -213,11 +210,11 @@ def test_failing_suggestions_do_not_fail_the_reply(make_conversation, monkeypatc
     def broken(**_):
         raise RuntimeError("no model here")
 
-    monkeypatch.setattr(worker_services, "backend_for", lambda config: Replier())
-    monkeypatch.setattr(worker_services, "suggest_for_turn", broken)
+    monkeypatch.setattr(generation, "backend_for", lambda config: Replier())
+    monkeypatch.setattr(receivers, "suggest_for_turn", broken)
     conversation = make_conversation()
     candidate = selectors.candidates_of(services.message_send(conversation=conversation, text="Plan a party"))[0]
-    assert worker_services.turn_generate(turn_id=candidate.pk) == "done"
+    assert generation.turn_generate(turn_id=candidate.pk) == "done"
     candidate.refresh_from_db()
     assert candidate.status == Turn.Status.DONE
 

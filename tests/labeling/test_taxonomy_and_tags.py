@@ -7,7 +7,7 @@ import yaml
 
 from annotate import selectors, services
 from annotate.models import Comparison
-from annotate.services import ActionRefused
+from core.errors import ActionRefused
 from labeling import services as labeling
 from labeling.models import Label, ReviewAssignment, Tag, Taxonomy
 from tests.annotate.test_services import choose, finish_candidates

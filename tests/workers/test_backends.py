@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from annotate import services as annotate_services
+from annotate.generation import turn_generate
 from annotate.models import Turn
 from workers import backends
 from workers.backends import (
@@ -25,7 +26,6 @@ from workers.backends import (
     cut_at_stop,
     plain_prompt,
 )
-from workers.services import turn_generate
 
 CONVERSATION = [
     {"role": "user", "content": "Hi! Can you suggest a name for my new puppy?"},

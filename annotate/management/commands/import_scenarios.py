@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from annotate import services
 from annotate.models import Study
+from core.errors import ActionRefused
 
 
 class Command(BaseCommand):
@@ -30,6 +31,6 @@ class Command(BaseCommand):
         try:
             rows = services.scenario_rows_read(name=path.name, data=path.read_bytes())
             created, updated = services.scenarios_import(study=study, rows=rows)
-        except services.ActionRefused as exc:
+        except ActionRefused as exc:
             raise CommandError(exc.message) from None
         self.stdout.write(self.style.SUCCESS(f"{study.slug}: {created} scenarios created, {updated} updated."))

@@ -9,8 +9,10 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
+from annotate.services import DEMO_ACCOUNTS
 from workers.celery_app import worker_argv
 from workers.models import ModelConfig
 
@@ -85,10 +87,6 @@ class Command(BaseCommand):
 
     def _announce(self, host: str, port: int) -> None:
         """The address (and the demo login), printed once the server answers, below the start-up logs."""
-        from django.contrib.auth import get_user_model
-
-        from annotate.services import DEMO_ACCOUNTS
-
         lines = [f"Common Ground is running on http://{host}:{port}/  (Ctrl-C stops the server and the worker)"]
         rater = get_user_model().objects.filter(username="rater").first()
         if rater is not None and rater.check_password(DEMO_ACCOUNTS["rater"]):

@@ -1,0 +1,309 @@
+"""`export_build`: one export, from parameters to a finished output directory."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import signal
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager, suppress
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection, Pipe, wait
+from pathlib import Path
+from typing import NoReturn
+
+from django.conf import settings
+from django.db import connections
+
+from core.errors import ActionRefused
+from exports import card, formats, writers
+from exports.selection import ExportParams, Selection, Span, selection_open
+
+# (conversations done, conversations selected, rows written)
+Progress = Callable[[int, int, int], None]
+
+logger = logging.getLogger(__name__)
+
+MIN_CHUNKS = 16
+MIN_CHUNK_CONVERSATIONS = 50
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    data_file: Path
+    rows: int
+    conversations: int
+    sha256: str
+
+
+def _refuse(message: str) -> ActionRefused:
+    return ActionRefused(message, status=400)
+
+
+@contextmanager
+def _gc_relaxed() -> Iterator[None]:
+    """Run the cyclic garbage collector less often while an export runs.
+
+    An export allocates millions of short-lived containers (loaded turns, rows, messages) that
+    reference counting frees. At the default thresholds the collector still runs every 700
+    allocations and regularly walks every object the process holds (Django, pyarrow): a quarter
+    to a third of an export's CPU time (docs/benchmarks.md). Exports make no reference cycles,
+    so rarer passes cost no memory (peak RSS measured flat up to a million comparisons).
+    """
+    old = gc.get_threshold()
+    if old[0]:  # 0: collection is off already
+        gc.set_threshold(max(old[0], 50_000), max(old[1], 20), max(old[2], 100))
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
+# glibc's mallopt parameter for how much free memory at the top of the heap is kept, not trimmed.
+_M_TRIM_THRESHOLD = -1
+_TRIM_DEFAULT = 128 * 1024
+
+
+@contextmanager
+def _heap_kept() -> Iterator[None]:
+    """Keep freed heap memory in the process while an export runs (glibc only; else a no-op).
+
+    Every chunk frees its query results and rows (tens of MB) and allocates as much again.
+    At glibc's default the freed top of the heap goes back to the kernel and the next chunk
+    faults it in again, page by page: a third of an export's system time, 5–10 % of its wall
+    time (docs/benchmarks.md). The peak is the same either way. Afterwards the threshold goes
+    back to glibc's default value and the heap is trimmed once (glibc's automatic tuning of the
+    threshold stays off in that process, as after any mallopt call).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        kept = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    except (OSError, AttributeError):
+        kept = False
+    try:
+        yield
+    finally:
+        if kept:
+            libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_DEFAULT)
+            libc.malloc_trim(0)
+
+
+@_gc_relaxed()
+@_heap_kept()
+def export_build(
+    *,
+    params: ExportParams,
+    out: Path,
+    progress: Progress | None = None,
+    chunk: int | None = None,
+    processes: int | None = None,
+) -> ExportResult:
+    """Write `out/` (data file, README.md, manifest.json) or nothing at all.
+
+    Conversations are read `chunk` at a time (default: `chunk_for`).
+    With `processes` > 1 (default: settings.EXPORT_PROCESSES) a selection of several chunks is
+    split into runs of whole chunks written by that many processes at once, then joined in
+    order: the same file as one process writes (see `export_parts`).
+
+    Raises ActionRefused with a message for the user on bad parameters, an output path that
+    exists or cannot be written, or a selection without rows.
+    """
+    sel = selection_open(params, refuse=_refuse)
+    out = Path(out).expanduser().absolute()
+    try:
+        writers.output_check(out)
+    except writers.OutputError as exc:
+        raise _refuse(str(exc)) from exc
+    total = sel.count()
+    if total == 0:
+        raise _refuse(f"No conversations in study “{sel.study.slug}” match the filters: nothing to export.")
+    chunk = chunk or chunk_for(total)
+    processes = settings.EXPORT_PROCESSES if processes is None else processes
+    spans = sel.spans(total=total, chunk=chunk, parts=processes) if processes > 1 and sel.concurrent_reads() else []
+    counted = _Counted(total, progress)
+    name = writers.data_file_name(params.format, params.file_format, params.gzip)
+    try:
+        with writers.staging_dir(out) as staging:
+            writer = writers.RowWriter(
+                staging / name,
+                file_format=params.file_format,
+                compress=params.gzip,
+                schema=formats.SCHEMAS[params.format],
+            )
+            try:
+                if len(spans) > 1:
+                    logger.info("Export of %s as %s: %d conversations in %d processes", sel.study.slug,
+                                params.format, total, len(spans))  # fmt: skip
+                    stats = export_parts(sel, spans, writer=writer, staging=staging, chunk=chunk, report=counted.add)
+                else:
+                    stats = export_rows(sel, writer, chunk=chunk, report=counted.add)
+            finally:
+                writer.close()
+            if writer.rows == 0:
+                raise _refuse(
+                    f"The {total} selected conversations give no `{params.format}` rows "
+                    "(no votes, or none that pass the filters): nothing to export."
+                )
+            digest = writer.sha256
+            files = [{"path": name, "rows": writer.rows, "bytes": (staging / name).stat().st_size, "sha256": digest}]
+            (staging / "manifest.json").write_text(card.manifest_json(params=params, files=files, stats=stats))
+            (staging / "README.md").write_text(card.card_markdown(sel=sel, files=files, stats=stats))
+    except writers.OutputError as exc:
+        raise _refuse(str(exc)) from exc
+    except OSError as exc:
+        raise _refuse(f"Writing the export to {out} failed: {exc.strerror or exc}.") from exc
+    return ExportResult(out=out, data_file=out / name, rows=writer.rows, conversations=total, sha256=digest)
+
+
+def chunk_for(total: int) -> int:
+    """Conversations per chunk: settings.EXPORT_CHUNK_CONVERSATIONS, but a small selection is
+    cut into at least MIN_CHUNKS chunks (of 50 or more), so that the runs of whole chunks a
+    split export gives its processes come out even. It depends on the selection only, never on
+    the number of processes: the file (Parquet row groups are chunks) stays the same."""
+    return min(settings.EXPORT_CHUNK_CONVERSATIONS, max(MIN_CHUNK_CONVERSATIONS, -(-total // MIN_CHUNKS)))
+
+
+class _Counted:
+    """Conversations and rows done so far, passed on to the caller's `Progress`."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total, self.progress = total, progress
+        self.conversations = self.rows = 0
+
+    def add(self, conversations: int, rows: int) -> None:
+        self.conversations += conversations
+        self.rows += rows
+        if self.progress is not None:
+            self.progress(self.conversations, self.total, self.rows)
+
+
+def export_rows(
+    sel: Selection, writer: writers.RowWriter, *, chunk: int, report: Callable[[int, int], None]
+) -> card.SelectionStats:
+    """Write the rows of the selection (or of its span), chunk by chunk; `report(conversations,
+    rows)` after each. Returns the figures for the dataset card."""
+    build = formats.BUILDERS[sel.params.format]
+    stats = card.SelectionStats()
+    with closing(sel.chunks(size=chunk)) as chunks:  # stops a read-ahead thread on failure
+        for conversations in chunks:
+            rows = []
+            for conv in conversations:
+                stats.observe(conv)
+                rows.extend(build(conv, sel))
+            writer.write(rows)
+            report(len(conversations), len(rows))
+    return stats
+
+
+class ExportPartFailed(Exception):
+    """A process writing part of an export failed; the message says how."""
+
+
+def export_parts(
+    sel: Selection,
+    spans: list[Span],
+    *,
+    writer: writers.RowWriter,
+    staging: Path,
+    chunk: int,
+    report: Callable[[int, int], None],
+) -> card.SelectionStats:
+    """Write each span in a process of its own, then append the parts to `writer` in order.
+
+    Rows depend only on their conversation, and each span is a run of the same chunks one
+    process would read, so the joined file is byte for byte the one process's file.
+
+    The parts are plain `os.fork` children: they start at once with the selection already
+    open, and unlike `multiprocessing` they may be started from a Celery worker's pool process
+    (which `multiprocessing` refuses as daemonic). The database connections are closed first:
+    a child must not share its parent's. Each part reports progress and its card figures
+    through a pipe; the first failure kills the others, and every child is waited for.
+    """
+    part_format = writers.part_format(sel.params.file_format)
+    connections.close_all()
+    parts: list[_Part] = []
+    try:
+        for index, span in enumerate(spans):
+            messages, sender = Pipe(duplex=False)
+            path = staging / f".part-{index}"
+            pid = os.fork()
+            if pid == 0:  # the part's process: never returns
+                messages.close()
+                _part_main(replace(sel, span=span), path, part_format, chunk, sender)
+            sender.close()
+            parts.append(_Part(index, pid, messages, path))
+        pending = {part.messages: part for part in parts}
+        while pending:
+            for ready in wait(list(pending)):
+                part = pending[ready]
+                try:
+                    kind, first, second = ready.recv()
+                except EOFError:  # the process has ended: after "done", or it died
+                    del pending[ready]
+                    if part.result is None:
+                        raise ExportPartFailed(f"{part.name} ended without finishing its part.") from None
+                    continue
+                if kind == "progress":
+                    report(first, second)
+                elif kind == "done":
+                    part.result = (first, second)
+                elif kind == "refused":
+                    raise _refuse(first)
+                else:
+                    raise ExportPartFailed(f"{part.name} failed: {first}")
+    finally:
+        for part in parts:
+            if part.result is None:
+                with suppress(ProcessLookupError):
+                    os.kill(part.pid, signal.SIGKILL)
+            os.waitpid(part.pid, 0)
+            part.messages.close()
+    stats = card.SelectionStats()
+    for part in parts:
+        assert part.result is not None
+        rows, part_stats = part.result
+        writer.write_part(part.path, rows)
+        stats.merge(part_stats)
+        part.path.unlink()
+    return stats
+
+
+@dataclass
+class _Part:
+    index: int
+    pid: int
+    messages: Connection  # what the part sends: ("progress" | "done" | "refused" | "failed", …)
+    path: Path
+    result: tuple[int, card.SelectionStats] | None = None  # (rows, figures) once done
+
+    @property
+    def name(self) -> str:
+        return f"export-part-{self.index}"
+
+
+def _part_main(sel: Selection, path: Path, part_format: str, chunk: int, messages: Connection) -> NoReturn:
+    """One part, in its forked process: its rows to `path`, everything else through `messages`.
+    Leaves by `os._exit`, so nothing of the parent (atexit hooks, buffers) runs twice."""
+    status = 1
+    try:
+        part = writers.RowWriter(
+            path, file_format=part_format, compress=False, schema=formats.SCHEMAS[sel.params.format]
+        )
+        try:
+            stats = export_rows(sel, part, chunk=chunk, report=lambda c, r: messages.send(("progress", c, r)))
+        finally:
+            part.close()
+        messages.send(("done", part.rows, stats))
+        status = 0
+    except ActionRefused as exc:
+        messages.send(("refused", exc.message, None))
+    except BaseException as exc:  # noqa: BLE001 (reported to the parent, which raises)
+        messages.send(("failed", "".join(traceback.format_exception_only(exc)).strip(), None))
+    finally:
+        connections.close_all()
+        messages.close()
+        os._exit(status)

@@ -1,0 +1,220 @@
+"""The dataset card (README.md) and manifest (manifest.json) written beside every export.
+
+`SelectionStats` is fed one conversation at a time while the rows are written, so the counts
+and agreement figures cost no second pass and no memory that grows with the study: agreement
+is kept as Krippendorff value patterns, whose number is bounded by the taxonomy, not the data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from exports.formats import vote_value
+from exports.selection import ConversationData, ExportParams, Selection
+from labeling import agreement
+
+APP_VERSION = "0.4.0"
+
+FORMAT_SUMMARY = {
+    "dpo": "Pairwise preferences in TRL's conversational format: the whole conversation so far as `prompt`, "
+    "one assistant message each as `chosen` and `rejected`.",
+    "kto": "Unpaired desirable/undesirable replies in TRL's conversational KTO format (`prompt`, `completion`, "
+    "`label`).",
+    "reward": "Reward-model pairs with implicit prompts: the full transcript ending in the chosen reply against "
+    "the one ending in the rejected reply.",
+    "tree": "One record per conversation with every branch: turns with parent ids, sibling ranks, tags, links, "
+    "votes, the outcome survey and timings.",
+    "arena": "Battles between the models that wrote competing replies, Chatbot Arena style.",
+    "multiturn": "Per reply on the lived path, a multi-turn-aware reward and its components (immediate "
+    "preference, later implicit feedback, grounding acts, outcome).",
+    "segments": "SDPO-style pairs: at branch points that follow a reply the user treated as an error, the two "
+    "continuations cut to equal length.",
+}
+
+
+@dataclass
+class SelectionStats:
+    conversations: int = 0
+    completed: int = 0
+    turns: int = 0
+    replies: int = 0
+    comparisons: int = 0
+    tags: int = 0
+    raters: set[str] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)
+    choices: Counter[str] = field(default_factory=Counter)
+    labels: Counter[str] = field(default_factory=Counter)
+    vote_patterns: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    tag_patterns: Counter[tuple[frozenset[str], ...]] = field(default_factory=Counter)
+
+    def observe(self, conv: ConversationData) -> None:
+        self.conversations += 1
+        self.completed += conv.status == "completed"
+        self.turns += len(conv.turns)
+        self.raters.add(conv.rater)
+        for turn in conv.turns.values():
+            if turn.role == "assistant" and not turn.is_rewrite:
+                self.replies += 1
+                if turn.model:
+                    self.models.add(turn.model)
+        by_parent: dict[int, list[str]] = {}
+        for vote in conv.votes:
+            self.comparisons += 1
+            self.choices[vote.choice] += 1
+            self.raters.add(vote.rater)
+            by_parent.setdefault(vote.parent_id, []).append(vote_value(conv, vote))
+        for values in by_parent.values():
+            if len(values) >= 2:
+                self.vote_patterns[tuple(sorted(values))] += 1
+        for tags in conv.tags.values():
+            per_rater: dict[str, set[str]] = {}
+            for tag in tags:
+                self.tags += 1
+                self.labels[tag.label] += 1
+                per_rater.setdefault(tag.rater, set()).add(tag.label)
+            if len(per_rater) >= 2:
+                self.tag_patterns[tuple(sorted((frozenset(s) for s in per_rater.values()), key=sorted))] += 1
+
+    def merge(self, other: SelectionStats) -> None:
+        """Add the figures of another, disjoint set of conversations (a part of a split export)."""
+        for name in ("conversations", "completed", "turns", "replies", "comparisons", "tags"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.raters |= other.raters
+        self.models |= other.models
+        for counter in ("choices", "labels", "vote_patterns", "tag_patterns"):
+            getattr(self, counter).update(getattr(other, counter))
+
+    def vote_alpha(self) -> float | None:
+        return agreement.alpha_from_patterns(self.vote_patterns)
+
+    def tag_alpha(self) -> float | None:
+        return agreement.alpha_from_patterns(self.tag_patterns, agreement.masi_distance)
+
+    def as_manifest(self) -> dict[str, Any]:
+        return {
+            "conversations": self.conversations,
+            "completed_conversations": self.completed,
+            "turns": self.turns,
+            "model_replies": self.replies,
+            "comparisons": self.comparisons,
+            "confirmed_tags": self.tags,
+            "raters": len(self.raters),
+            "models": sorted(self.models),
+            "choices": dict(sorted(self.choices.items())),
+            "vote_alpha": _round(self.vote_alpha()),
+            "vote_units": sum(self.vote_patterns.values()),
+            "tag_alpha_masi": _round(self.tag_alpha()),
+            "tag_units": sum(self.tag_patterns.values()),
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def manifest_json(*, params: ExportParams, files: list[dict[str, Any]], stats: SelectionStats) -> str:
+    """No export time in it: the same data and parameters give the same manifest."""
+    manifest = {
+        "app": "commonground",
+        "app_version": APP_VERSION,
+        "schema": f"commonground/{params.format}/1",
+        "format": params.format,
+        "files": files,
+        "parameters": params.as_manifest(),
+        "selection": stats.as_manifest(),
+    }
+    return json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+
+
+def _figure(value: float | None, units: int) -> str:
+    return "not measured (no unit judged by two raters)" if value is None else f"{value:.3f} over {units} units"
+
+
+def card_markdown(*, sel: Selection, files: list[dict[str, Any]], stats: SelectionStats) -> str:
+    params, study = sel.params, sel.study
+    data_file = files[0]["path"]
+    loader = "parquet" if params.file_format == "parquet" else "json"
+    lines = [
+        "---",
+        f"license: {params.licence}",
+        "language:\n- en",
+        "tags:\n- preference\n- multi-turn\n- grounding\n- commonground",
+        "configs:",
+        f"- config_name: {params.format}",
+        f"  data_files: {data_file}",
+        "---",
+        "",
+        f"# {study.name}: `{params.format}` export",
+        "",
+        FORMAT_SUMMARY[params.format],
+        "",
+        "## How it was collected",
+        "",
+        f"Raters held live conversations with language models in Common Ground (study `{study.slug}`). At each "
+        f"user turn the app sampled {study.candidates_per_turn} candidate replies from the study's model pool "
+        "(shown blind, in random slots), the rater chose the better one (or a tie, both bad, or wrote a rewrite), "
+        "and the conversation went on from the choice; the other replies stay as branches. Raters tagged "
+        "grounding acts and implicit feedback signals on turns, live and in a review pass, and ended each "
+        "conversation with an outcome survey (goal reached, felt understood).",
+        "",
+    ]
+    if study.instructions:
+        lines += ["Instructions given to raters:", "", *(f"> {line}" for line in study.instructions.splitlines()), ""]
+    lines += [
+        "## Counts",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| rows in `{data_file}` | {files[0]['rows']} |",
+        f"| conversations selected | {stats.conversations} ({stats.completed} completed) |",
+        f"| turns | {stats.turns} |",
+        f"| model replies | {stats.replies} |",
+        f"| comparisons (votes) | {stats.comparisons} |",
+        f"| confirmed tags | {stats.tags} |",
+        f"| raters | {len(stats.raters)} |",
+        f"| models | {', '.join(sorted(stats.models)) or '-'} |",
+        "",
+        "## Agreement",
+        "",
+        f"- Votes (Krippendorff's α, nominal, over branch points with two or more votes): "
+        f"{_figure(stats.vote_alpha(), sum(stats.vote_patterns.values()))}.",
+        f"- Tags (Krippendorff's α with MASI distance over each rater's label set, turns tagged by two or more "
+        f"raters): {_figure(stats.tag_alpha(), sum(stats.tag_patterns.values()))}.",
+        "",
+        "## Taxonomy",
+        "",
+        "| label | kind | polarity | used | definition |",
+        "|---|---|---|---|---|",
+    ]
+    for label in sel.labels:
+        definition = " ".join(label.definition.split()).replace("|", "\\|")
+        lines.append(
+            f"| `{label.name}` | {label.kind} | {label.polarity:+d} | {stats.labels[label.name]} | {definition} |"
+        )
+    lines += [
+        "",
+        "## Export parameters",
+        "",
+        "```json",
+        json.dumps(params.as_manifest(), indent=2, ensure_ascii=False),
+        "```",
+        "",
+        "Schemas and definitions: `docs/exports.md` in the Common Ground repository. Raters appear under "
+        "pseudonyms (`rater-<id>`).",
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'ds = load_dataset("{loader}", data_files="{data_file}", split="train")',
+        "```",
+        "",
+        "## Licence",
+        "",
+        f"`{params.licence}`" + (" (set with `--licence` at export time)." if params.licence == "other" else "."),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,715 @@
+"""Rows of each export format, built from one conversation at a time (schemas: docs/exports.md).
+
+Each `<format>_rows(conv, sel)` yields plain dicts whose key order is the column order, and
+`SCHEMAS[format]` is the matching Arrow schema used for Parquet. Pure functions of the loaded
+data: no queries, no clocks, so the output is reproducible.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+
+from exports.selection import ConversationData, Selection, TurnRow, VoteRow
+
+Row = dict[str, Any]
+
+# Immediate preference of the lived reply, by the vote that chose it (multiturn).
+STRENGTH_WEIGHT = {"clear": 1.0, "slight": 0.5, "": 1.0}
+# The outcome survey as a number in [-1, 1]: goal reached, and understanding 1–5 centred on 3.
+GOAL_SCORE = {"yes": 1.0, "partly": 0.0, "no": -1.0}
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    """UTC, always with milliseconds: a JSON reader then never guesses some rows to be timestamps."""
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def message(turn: TurnRow) -> dict[str, str]:
+    return {"role": turn.role, "content": turn.text}
+
+
+def messages(path: list[TurnRow]) -> list[dict[str, str]]:
+    return [message(t) for t in path]
+
+
+def tag_names(conv: ConversationData, turn_id: int) -> list[str]:
+    """Distinct labels confirmed on a turn by anyone (live rater or reviewers), sorted."""
+    tags = conv.tags.get(turn_id)
+    return sorted({tag.label for tag in tags}) if tags else []
+
+
+def history(conv: ConversationData, parent_id: int) -> tuple[list[dict[str, str]], int]:
+    """The path to a branch point as messages, and its user-turn number; built once per branch
+    point (several votes and pairs share it; rows only read it)."""
+    key = ("history", parent_id)
+    found = conv.memo.get(key)
+    if found is None:
+        path = conv.path_to(parent_id)
+        found = conv.memo[key] = (messages(path), sum(1 for t in path if t.role == "user"))
+    return found
+
+
+def candidates(conv: ConversationData, parent_id: int) -> list[TurnRow]:
+    """The sampled replies to a user turn that finished, in slot order (A, B, …)."""
+    parent = conv.turns[parent_id]
+    return [t for t in parent.children if not t.is_rewrite and t.status == "done"]
+
+
+def vote_value(conv: ConversationData, vote: VoteRow) -> str:
+    """A vote as a value comparable across raters: the chosen slot letter, 'tie' or 'all_bad'."""
+    if vote.choice == "candidate" and vote.chosen_id in conv.turns:
+        return chr(ord("A") + conv.turns[vote.chosen_id].position)
+    return vote.choice
+
+
+def vote_agreement(conv: ConversationData, vote: VoteRow) -> tuple[int, float | None]:
+    """(votes on this branch point, share of the *other* votes that made the same choice)."""
+    votes = conv.votes_on(vote.parent_id)
+    if len(votes) < 2:
+        return len(votes), None
+    mine = vote_value(conv, vote)
+    same = sum(1 for v in votes if v.id != vote.id and vote_value(conv, v) == mine)
+    return len(votes), same / (len(votes) - 1)
+
+
+def conversation_agreement(conv: ConversationData) -> float | None:
+    """Mean vote agreement over the conversation's branch points that have two votes or more."""
+    shares = [share for v in conv.votes if (share := vote_agreement(conv, v)[1]) is not None]
+    return sum(shares) / len(shares) if shares else None
+
+
+def rewrite_of_vote(conv: ConversationData, vote: VoteRow) -> TurnRow | None:
+    target = conv.turns.get(vote.continued_from_id) if vote.continued_from_id else None
+    return target if target is not None and target.is_rewrite else None
+
+
+def shared_system(*turns: TurnRow) -> list[dict[str, str]]:
+    """A system message when every candidate was sampled with the same one; else none."""
+    prompts = {t.system_prompt for t in turns}
+    if len(prompts) == 1 and (prompt := prompts.pop()):
+        return [{"role": "system", "content": prompt}]
+    return []
+
+
+def kept_votes(conv: ConversationData, sel: Selection) -> Iterator[tuple[VoteRow, int, float | None]]:
+    """The votes the rater and agreement filters keep, with their branch point's vote count and
+    agreement (see `vote_agreement`)."""
+    for vote in conv.votes:
+        if not sel.keeps_vote(vote):
+            continue
+        n, share = vote_agreement(conv, vote)
+        if sel.params.min_agreement is not None and (share is None or share < sel.params.min_agreement):
+            continue
+        yield vote, n, share
+
+
+def conversation_kept(conv: ConversationData, sel: Selection) -> bool:
+    """The rater and agreement filters for the per-conversation formats (tree, multiturn): the
+    conversation's own rater, and its mean branch-point agreement."""
+    if sel.params.raters and conv.rater_username not in sel.params.raters:
+        return False
+    if sel.params.min_agreement is not None:
+        share = conversation_agreement(conv)
+        return share is not None and share >= sel.params.min_agreement
+    return True
+
+
+class Pair(NamedTuple):
+    vote: VoteRow
+    chosen: TurnRow
+    rejected: TurnRow
+    votes: int
+    agreement: float | None
+
+
+def vote_pairs(conv: ConversationData, sel: Selection) -> Iterator[Pair]:
+    """(chosen, rejected) pairs from every kept vote, in vote order.
+
+    A candidate vote gives chosen ≻ each other candidate; a rewrite gives rewrite ≻ every
+    candidate (the rater wrote what they wanted). Ties and all-bad votes give no preference;
+    with `include_ties` each unordered pair is still emitted, A first, marked by `choice`.
+    """
+    for vote, n, share in kept_votes(conv, sel):
+        cands = candidates(conv, vote.parent_id)
+        found: list[tuple[TurnRow, TurnRow]] = []
+        if vote.choice == "candidate" and vote.chosen_id in conv.turns:
+            chosen = conv.turns[vote.chosen_id]
+            found += [(chosen, c) for c in cands if c.id != chosen.id]
+        elif sel.params.include_ties:
+            found += [(a, b) for i, a in enumerate(cands) for b in cands[i + 1 :]]
+        rewrite = rewrite_of_vote(conv, vote)
+        if rewrite is not None:
+            found += [(rewrite, c) for c in cands]
+        for chosen, rejected in found:
+            if sel.keeps_models(chosen.model, rejected.model):
+                yield Pair(vote, chosen, rejected, n, share)
+
+
+def _vote_columns(conv: ConversationData, vote: VoteRow, turn_index: int) -> Row:
+    """Where a judgement comes from: the columns every pair and kto row starts its metadata with."""
+    return {
+        "study": conv.study,
+        "conversation_id": conv.id,
+        "scenario": conv.scenario["external_id"],
+        "turn_index": turn_index,
+        "comparison_id": vote.id,
+        "task": vote.task,
+        "rater": vote.rater,
+        "choice": vote.choice,
+        "strength": vote.strength,
+    }
+
+
+def _pair_columns(conv: ConversationData, pair: Pair, turn_index: int) -> Row:
+    return {
+        **_vote_columns(conv, pair.vote, turn_index),
+        "chosen_is_rewrite": pair.chosen.is_rewrite,
+        "chosen_turn_id": pair.chosen.id,
+        "rejected_turn_id": pair.rejected.id,
+        "chosen_model": pair.chosen.model,
+        "rejected_model": pair.rejected.model,
+        "chosen_tags": tag_names(conv, pair.chosen.id),
+        "rejected_tags": tag_names(conv, pair.rejected.id),
+        "votes": pair.votes,
+        "agreement": pair.agreement,
+    }
+
+
+def dpo_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
+    for pair in vote_pairs(conv, sel):
+        prompt, turn_index = history(conv, pair.vote.parent_id)
+        yield {
+            "prompt": shared_system(pair.chosen, pair.rejected) + prompt,
+            "chosen": [message(pair.chosen)],
+            "rejected": [message(pair.rejected)],
+            **_pair_columns(conv, pair, turn_index),
+        }
+
+
+def reward_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
+    for pair in vote_pairs(conv, sel):
+        prompt, turn_index = history(conv, pair.vote.parent_id)
+        system = shared_system(pair.chosen, pair.rejected)
+        yield {
+            "chosen": system + prompt + [message(pair.chosen)],
+            "rejected": system + prompt + [message(pair.rejected)],
+            **_pair_columns(conv, pair, turn_index),
+        }
+
+
+def kto_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
+    """Each judged reply with desirable/undesirable: the chosen one and rewrites are desirable,
+    the others and every reply of an all-bad vote are not. A tie says nothing absolute: no rows."""
+    for vote, n, share in kept_votes(conv, sel):
+        labelled: list[tuple[TurnRow, bool]] = []
+        if vote.choice == "candidate":
+            labelled += [(c, c.id == vote.chosen_id) for c in candidates(conv, vote.parent_id)]
+        elif vote.choice == "all_bad":
+            labelled += [(c, False) for c in candidates(conv, vote.parent_id)]
+        rewrite = rewrite_of_vote(conv, vote)
+        if rewrite is not None:
+            labelled.append((rewrite, True))
+        prompt, turn_index = history(conv, vote.parent_id)
+        for turn, label in labelled:
+            if not sel.keeps_models(turn.model):
+                continue
+            yield {
+                "prompt": shared_system(turn) + prompt,
+                "completion": [message(turn)],
+                "label": label,
+                **_vote_columns(conv, vote, turn_index),
+                "turn_id": turn.id,
+                "model": turn.model,
+                "is_rewrite": turn.is_rewrite,
+                "tags": tag_names(conv, turn.id),
+                "votes": n,
+                "agreement": share,
+            }
+
+
+def arena_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
+    """FastChat-style battles: every pair of candidates (slot order) that the vote decides."""
+    for vote, n, share in kept_votes(conv, sel):
+        cands = candidates(conv, vote.parent_id)
+        prompt, turn_index = history(conv, vote.parent_id)
+        for i, a in enumerate(cands):
+            for b in cands[i + 1 :]:
+                if vote.choice == "tie":
+                    winner = "tie"
+                elif vote.choice == "all_bad":
+                    winner = "tie (bothbad)"
+                elif vote.chosen_id == a.id:
+                    winner = "model_a"
+                elif vote.chosen_id == b.id:
+                    winner = "model_b"
+                else:  # a third candidate won: this pair was not compared
+                    continue
+                if not sel.keeps_models(a.model, b.model):
+                    continue
+                yield {
+                    "question_id": f"{conv.id}-{vote.parent_id}",
+                    "model_a": a.model,
+                    "model_b": b.model,
+                    "winner": winner,
+                    "judge": vote.rater,
+                    "conversation_a": shared_system(a) + prompt + [message(a)],
+                    "conversation_b": shared_system(b) + prompt + [message(b)],
+                    "turn": turn_index,
+                    "anony": True,  # raters never see which model wrote a reply
+                    "tstamp": vote.created_at.timestamp(),
+                    "study": conv.study,
+                    "conversation_id": conv.id,
+                    "comparison_id": vote.id,
+                    "task": vote.task,
+                    "strength": vote.strength,
+                    "votes": n,
+                    "agreement": share,
+                }
+
+
+def _ms(start: dt.datetime | None, end: dt.datetime | None) -> int | None:
+    return round((end - start).total_seconds() * 1000) if start and end else None
+
+
+def sibling_ranks(conv: ConversationData) -> dict[int, int]:
+    """Rank of each reply among its siblings by the live vote, 0 best (Open-Assistant style).
+
+    Rewrite 0; then the chosen reply; then the rest. A tie ranks all candidates equal, all-bad
+    puts them all below a rewrite if there is one. Replies without a live vote get no rank.
+    """
+    ranks: dict[int, int] = {}
+    for vote in conv.votes:
+        if vote.task != "live":
+            continue
+        rewrite = rewrite_of_vote(conv, vote)
+        top = 0
+        if rewrite is not None:
+            ranks[rewrite.id] = 0
+            top = 1
+        for c in candidates(conv, vote.parent_id):
+            if vote.choice == "candidate":
+                ranks[c.id] = top if c.id == vote.chosen_id else top + 1
+            else:
+                ranks[c.id] = top
+    return ranks
+
+
+def tree_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
+    models = {t.model for t in conv.turns.values() if t.role == "assistant"}
+    if not conversation_kept(conv, sel) or not sel.keeps_models(*models):
+        return
+    lived = [t.id for t in conv.lived_path()]
+    on_path = set(lived)
+    ranks = sibling_ranks(conv)
+    turns = []
+    for t in conv.turns.values():
+        turns.append(
+            {
+                "turn_id": t.id,
+                "parent_id": t.parent_id,
+                "role": t.role,
+                "depth": t.depth,
+                "position": t.position,
+                "text": t.text,
+                "status": t.status,
+                "error": t.error,
+                "model": t.model,
+                "system_prompt": t.system_prompt,
+                "params": json.dumps(t.params, sort_keys=True) if t.params else None,
+                "seed": t.seed,
+                "is_rewrite": t.is_rewrite,
+                "rewrite_of": t.rewrite_of_id,
+                "on_lived_path": t.id in on_path,
+                "rank": ranks.get(t.id),
+                "tags": [
+                    {
+                        "label": tag.label,
+                        "kind": tag.kind,
+                        "rater": tag.rater,
+                        "task": tag.task,
+                        "source": tag.source,
+                        "span_start": tag.span_start,
+                        "span_end": tag.span_end,
+                        "linked_turn_id": tag.linked_turn_id,
+                    }
+                    for tag in conv.tags.get(t.id, ())
+                ],
+                "prompt_tokens": t.prompt_tokens,
+                "completion_tokens": t.completion_tokens,
+                "created_at": iso(t.created_at),
+                "first_token_ms": _ms(t.started_at, t.first_token_at),
+                "generation_ms": _ms(t.started_at, t.finished_at),
+            }
+        )
+    yield {
+        "study": conv.study,
+        "conversation_id": conv.id,
+        "scenario": conv.scenario,
+        "rater": conv.rater,
+        "status": conv.status,
+        "started_at": iso(conv.started_at),
+        "ended_at": iso(conv.ended_at),
+        "outcome": {
+            "goal": conv.outcome_goal or None,
+            "understanding": conv.outcome_understanding,
+            "comment": conv.outcome_comment,
+        },
+        "lived_path": lived,
+        "turns": turns,
+        "votes": [
+            {
+                "comparison_id": v.id,
+                "parent_id": v.parent_id,
+                "task": v.task,
+                "rater": v.rater,
+                "choice": v.choice,
+                "chosen_id": v.chosen_id,
+                "continued_from_id": v.continued_from_id,
+                "strength": v.strength,
+                "reason": v.reason,
+                "decision_ms": v.decision_ms,
+                "created_at": iso(v.created_at),
+            }
+            for v in conv.votes
+            if sel.keeps_vote(v)
+        ],
+    }
+
+
+def outcome_score(conv: ConversationData) -> float | None:
+    """Mean of the goal answer (yes 1, partly 0, no −1) and understanding ((u − 3) / 2)."""
+    parts = []
+    if conv.outcome_goal in GOAL_SCORE:
+        parts.append(GOAL_SCORE[conv.outcome_goal])
+    if conv.outcome_understanding is not None:
+        parts.append((conv.outcome_understanding - 3) / 2)
+    return sum(parts) / len(parts) if parts else None
+
+
+def feedback_score(conv: ConversationData, user_turn: TurnRow | None) -> tuple[float, list[str]]:
+    """A user turn's implicit feedback: the polarities of its distinct feedback labels, summed
+    and clipped to [-1, 1], with the labels."""
+    if user_turn is None:
+        return 0.0, []
+    polarity = {tag.label: tag.polarity for tag in conv.tags.get(user_turn.id, ()) if tag.kind == "feedback"}
+    return max(-1.0, min(1.0, float(sum(polarity.values())))), sorted(polarity)
+
+
+def immediate_preference(conv: ConversationData, reply: TurnRow) -> float:
+    """The live vote on the reply that joined the lived path: +1 clear (or a rewrite), +0.5
+    slight, 0 tie, −1 all bad."""
+    for vote in conv.votes:
+        if vote.task == "live" and vote.continued_from_id == reply.id:
+            if reply.is_rewrite:
+                return 1.0
+            if vote.choice == "candidate":
+                return STRENGTH_WEIGHT.get(vote.strength, 1.0)
+            return -1.0 if vote.choice == "all_bad" else 0.0
+    return 0.0
+
+
+def multiturn_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
+    """r_t = pref_t + Σ_{k=0}^{T−t} γ^k · feedback_{t+k} + γ^(T−t) · outcome + w · grounding_t.
+
+    feedback_s is the reaction to reply s: the feedback tags on the user turn that follows it
+    (k = 0 is the immediate reaction). Replies are numbered t = 1…T along the lived path.
+    """
+    if not conversation_kept(conv, sel):
+        return
+    gamma, weight = sel.params.gamma, sel.params.grounding_weight
+    path = conv.lived_path()
+    replies = [i for i, t in enumerate(path) if t.role == "assistant"]
+    feedback = []
+    for i in replies:
+        following = path[i + 1] if i + 1 < len(path) else None
+        feedback.append(feedback_score(conv, following))
+    outcome = outcome_score(conv)
+    total = len(replies)
+    for t, i in enumerate(replies, start=1):
+        reply = path[i]
+        if not sel.keeps_models(reply.model):
+            continue
+        pref = immediate_preference(conv, reply)
+        future = [
+            {"k": k, "turn_index": t + k, "value": feedback[t - 1 + k][0], "labels": feedback[t - 1 + k][1]}
+            for k in range(total - t + 1)
+        ]
+        feedback_return = sum(gamma ** f["k"] * f["value"] for f in future)
+        outcome_term = gamma ** (total - t) * outcome if outcome is not None else 0.0
+        grounding = sorted({tag.label for tag in conv.tags.get(reply.id, ()) if tag.kind == "grounding"})
+        yield {
+            "prompt": shared_system(reply) + messages(path[:i]),
+            "completion": [message(reply)],
+            "reward": round(pref + feedback_return + outcome_term + weight * len(grounding), 6),
+            "preference": pref,
+            "feedback": future,
+            "feedback_return": round(feedback_return, 6),
+            "grounding_acts": grounding,
+            "outcome": outcome,
+            "outcome_term": round(outcome_term, 6),
+            "gamma": gamma,
+            "turn_index": t,
+            "num_turns": total,
+            "study": conv.study,
+            "conversation_id": conv.id,
+            "scenario": conv.scenario["external_id"],
+            "turn_id": reply.id,
+            "model": reply.model,
+            "is_rewrite": reply.is_rewrite,
+            "rater": conv.rater,
+        }
+
+
+def error_turns(conv: ConversationData) -> dict[int, list[str]]:
+    """User turns on the lived path that react to the reply before them as an error (a negative
+    feedback tag: rephrase, correction, complaint, …), with those labels."""
+    found: dict[int, list[str]] = {}
+    for turn in conv.lived_path():
+        if turn.role == "user" and turn.parent_id is not None:
+            labels = sorted({tag.label for tag in conv.tags.get(turn.id, ()) if tag.polarity < 0})
+            if labels:
+                found[turn.id] = labels
+    return found
+
+
+def _continuation(conv: ConversationData, turn: TurnRow, lived: list[TurnRow]) -> list[TurnRow]:
+    """The turn and, if the conversation went on from it, everything after it on the lived path."""
+    ids = [t.id for t in lived]
+    return lived[ids.index(turn.id) :] if turn.id in ids else [turn]
+
+
+def segments_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
+    """SDPO-style pairs at the branch points that follow an error: the two continuations from
+    the branch point, cut to the same number of messages (at most `segment_turns`)."""
+    errors = error_turns(conv)
+    if not errors:
+        return
+    lived = conv.lived_path()
+    for pair in vote_pairs(conv, sel):
+        labels = errors.get(pair.vote.parent_id)
+        if labels is None:
+            continue
+        good = _continuation(conv, pair.chosen, lived)
+        bad = _continuation(conv, pair.rejected, lived)
+        length = min(len(good), len(bad), sel.params.segment_turns)
+        prompt, turn_index = history(conv, pair.vote.parent_id)
+        error_turn = conv.turns[pair.vote.parent_id].parent_id
+        yield {
+            "prompt": shared_system(pair.chosen, pair.rejected) + prompt,
+            "chosen": messages(good[:length]),
+            "rejected": messages(bad[:length]),
+            "segment_messages": length,
+            "error_turn_id": error_turn,
+            "error_labels": labels,
+            **_pair_columns(conv, pair, turn_index),
+        }
+
+
+BUILDERS: dict[str, Callable[[ConversationData, Selection], Iterator[Row]]] = {
+    "dpo": dpo_rows,
+    "kto": kto_rows,
+    "reward": reward_rows,
+    "tree": tree_rows,
+    "arena": arena_rows,
+    "multiturn": multiturn_rows,
+    "segments": segments_rows,
+}
+
+# Arrow schemas for Parquet, column for column as above.
+MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_VOTE_COLUMNS = [
+    ("study", pa.string()),
+    ("conversation_id", pa.int64()),
+    ("scenario", pa.string()),
+    ("turn_index", pa.int32()),
+    ("comparison_id", pa.int64()),
+    ("task", pa.string()),
+    ("rater", pa.string()),
+    ("choice", pa.string()),
+    ("strength", pa.string()),
+]
+_PAIR_COLUMNS = [
+    *_VOTE_COLUMNS,
+    ("chosen_is_rewrite", pa.bool_()),
+    ("chosen_turn_id", pa.int64()),
+    ("rejected_turn_id", pa.int64()),
+    ("chosen_model", pa.string()),
+    ("rejected_model", pa.string()),
+    ("chosen_tags", pa.list_(pa.string())),
+    ("rejected_tags", pa.list_(pa.string())),
+    ("votes", pa.int32()),
+    ("agreement", pa.float64()),
+]
+_TAG = pa.struct(
+    [
+        ("label", pa.string()),
+        ("kind", pa.string()),
+        ("rater", pa.string()),
+        ("task", pa.string()),
+        ("source", pa.string()),
+        ("span_start", pa.int32()),
+        ("span_end", pa.int32()),
+        ("linked_turn_id", pa.int64()),
+    ]
+)
+_TREE_TURN = pa.struct(
+    [
+        ("turn_id", pa.int64()),
+        ("parent_id", pa.int64()),
+        ("role", pa.string()),
+        ("depth", pa.int32()),
+        ("position", pa.int32()),
+        ("text", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("model", pa.string()),
+        ("system_prompt", pa.string()),
+        ("params", pa.string()),
+        ("seed", pa.int64()),
+        ("is_rewrite", pa.bool_()),
+        ("rewrite_of", pa.int64()),
+        ("on_lived_path", pa.bool_()),
+        ("rank", pa.int32()),
+        ("tags", pa.list_(_TAG)),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("created_at", pa.string()),
+        ("first_token_ms", pa.int64()),
+        ("generation_ms", pa.int64()),
+    ]
+)
+_VOTE = pa.struct(
+    [
+        ("comparison_id", pa.int64()),
+        ("parent_id", pa.int64()),
+        ("task", pa.string()),
+        ("rater", pa.string()),
+        ("choice", pa.string()),
+        ("chosen_id", pa.int64()),
+        ("continued_from_id", pa.int64()),
+        ("strength", pa.string()),
+        ("reason", pa.string()),
+        ("decision_ms", pa.int64()),
+        ("created_at", pa.string()),
+    ]
+)
+SCHEMAS: dict[str, pa.Schema] = {
+    "dpo": pa.schema([("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES), *_PAIR_COLUMNS]),
+    "reward": pa.schema([("chosen", MESSAGES), ("rejected", MESSAGES), *_PAIR_COLUMNS]),
+    "kto": pa.schema(
+        [
+            ("prompt", MESSAGES),
+            ("completion", MESSAGES),
+            ("label", pa.bool_()),
+            *_VOTE_COLUMNS,
+            ("turn_id", pa.int64()),
+            ("model", pa.string()),
+            ("is_rewrite", pa.bool_()),
+            ("tags", pa.list_(pa.string())),
+            ("votes", pa.int32()),
+            ("agreement", pa.float64()),
+        ]
+    ),
+    "arena": pa.schema(
+        [
+            ("question_id", pa.string()),
+            ("model_a", pa.string()),
+            ("model_b", pa.string()),
+            ("winner", pa.string()),
+            ("judge", pa.string()),
+            ("conversation_a", MESSAGES),
+            ("conversation_b", MESSAGES),
+            ("turn", pa.int32()),
+            ("anony", pa.bool_()),
+            ("tstamp", pa.float64()),
+            ("study", pa.string()),
+            ("conversation_id", pa.int64()),
+            ("comparison_id", pa.int64()),
+            ("task", pa.string()),
+            ("strength", pa.string()),
+            ("votes", pa.int32()),
+            ("agreement", pa.float64()),
+        ]
+    ),
+    "tree": pa.schema(
+        [
+            ("study", pa.string()),
+            ("conversation_id", pa.int64()),
+            (
+                "scenario",
+                pa.struct(
+                    [
+                        ("external_id", pa.string()),
+                        ("title", pa.string()),
+                        ("brief", pa.string()),
+                        ("hidden_intent", pa.string()),
+                    ]
+                ),
+            ),
+            ("rater", pa.string()),
+            ("status", pa.string()),
+            ("started_at", pa.string()),
+            ("ended_at", pa.string()),
+            (
+                "outcome",
+                pa.struct([("goal", pa.string()), ("understanding", pa.int32()), ("comment", pa.string())]),
+            ),
+            ("lived_path", pa.list_(pa.int64())),
+            ("turns", pa.list_(_TREE_TURN)),
+            ("votes", pa.list_(_VOTE)),
+        ]
+    ),
+    "multiturn": pa.schema(
+        [
+            ("prompt", MESSAGES),
+            ("completion", MESSAGES),
+            ("reward", pa.float64()),
+            ("preference", pa.float64()),
+            (
+                "feedback",
+                pa.list_(
+                    pa.struct(
+                        [
+                            ("k", pa.int32()),
+                            ("turn_index", pa.int32()),
+                            ("value", pa.float64()),
+                            ("labels", pa.list_(pa.string())),
+                        ]
+                    )
+                ),
+            ),
+            ("feedback_return", pa.float64()),
+            ("grounding_acts", pa.list_(pa.string())),
+            ("outcome", pa.float64()),
+            ("outcome_term", pa.float64()),
+            ("gamma", pa.float64()),
+            ("turn_index", pa.int32()),
+            ("num_turns", pa.int32()),
+            ("study", pa.string()),
+            ("conversation_id", pa.int64()),
+            ("scenario", pa.string()),
+            ("turn_id", pa.int64()),
+            ("model", pa.string()),
+            ("is_rewrite", pa.bool_()),
+            ("rater", pa.string()),
+        ]
+    ),
+    "segments": pa.schema(
+        [
+            ("prompt", MESSAGES),
+            ("chosen", MESSAGES),
+            ("rejected", MESSAGES),
+            ("segment_messages", pa.int32()),
+            ("error_turn_id", pa.int64()),
+            ("error_labels", pa.list_(pa.string())),
+            *_PAIR_COLUMNS,
+        ]
+    ),
+}

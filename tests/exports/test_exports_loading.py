@@ -1,0 +1,279 @@
+"""Exports load where they are used: 🤗 `datasets` reads every format as written, and TRL takes the
+`dpo`, `kto` and `reward` files as they are (its own format checks, its trainers' dataset
+preparation, and one DPO step on a tiny model). Nothing is converted or dropped on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from trl import (
+    DPOConfig,
+    DPOTrainer,
+    KTOConfig,
+    KTOTrainer,
+    RewardConfig,
+    RewardTrainer,
+    apply_chat_template,
+    extract_prompt,
+    is_conversational,
+    is_conversational_from_value,
+    maybe_apply_chat_template,
+    maybe_extract_prompt,
+    maybe_unpair_preference_dataset,
+)
+
+from exports.build import export_build
+from exports.formats import SCHEMAS
+from exports.selection import FORMATS, ExportParams
+from tests.exports.export_study import build_export_study
+
+# The tiny tokenizer has no chat template; this one keeps every turn on its own line, so a
+# rendered prompt is a prefix of the rendered prompt + reply (what TRL's tokenization expects).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+# The metadata columns every pair export carries next to TRL's columns (they must not get in the way).
+PAIR_METADATA = ["study", "conversation_id", "scenario", "comparison_id", "rater", "chosen_tags", "rejected_tags"]
+
+
+def export(fmt: str, out_root: Path, **params: Any) -> tuple[Path, dict[str, Any]]:
+    """Export the golden study; the data file and its manifest."""
+    kind = params.get("file_format", "jsonl") + ("-gz" if params.get("gzip") else "")
+    result = export_build(params=ExportParams(study="golden", format=fmt, **params), out=out_root / f"{fmt}-{kind}")
+    return result.data_file, json.loads((result.out / "manifest.json").read_text())
+
+
+def load(builder: str, path: Path, cache: Path) -> datasets.Dataset:
+    # A cache of its own per test: nothing written to ~/.cache, no stale dataset from an earlier run.
+    return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=str(cache))
+
+
+def render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], **kwargs: Any) -> str:
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, **kwargs))
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    return tmp_path / "hf-datasets"
+
+
+@pytest.fixture
+def chat_tokenizer(tiny_model_dir: Path) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def trl_args(config: type[Any], out: Path, **extra: Any) -> Any:
+    """Training arguments for a CPU-only run of a tiny model: fp32, no checkpoints, no reports."""
+    return config(
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        max_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        activation_checkpointing=False,  # TRL turns it on by default; its old name warns
+        max_length=256,
+        seed=0,
+        **extra,
+    )
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_loads_with_datasets_json_with_the_rows_and_columns_it_was_written_with(
+    db: None, tmp_path: Path, cache: Path, fmt: str
+) -> None:
+    build_export_study()
+    path, manifest = export(fmt, tmp_path)
+
+    dataset = load("json", path, cache)
+
+    written = [json.loads(line) for line in path.read_text().splitlines()]
+    assert dataset.num_rows == manifest["files"][0]["rows"] == len(written) > 0
+    assert dataset.column_names == list(written[0]) == SCHEMAS[fmt].names
+    assert dataset.to_list() == written  # times stay strings (always written with milliseconds)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gzip_jsonl_and_parquet_exports_load_the_same_data_as_jsonl(
+    db: None, tmp_path: Path, cache: Path, fmt: str
+) -> None:
+    # Given the same export as JSONL, gzip JSONL and Parquet
+    build_export_study()
+    jsonl_path, jsonl_manifest = export(fmt, tmp_path)
+    gz_path, gz_manifest = export(fmt, tmp_path, gzip=True)
+    parquet_path, parquet_manifest = export(fmt, tmp_path, file_format="parquet")
+    assert gz_path.name == f"{fmt}.jsonl.gz" and parquet_path.name == f"{fmt}.parquet"
+
+    # When each is loaded the way its dataset card says
+    jsonl = load("json", jsonl_path, cache)
+    gz = load("json", gz_path, cache)
+    parquet = load("parquet", parquet_path, cache)
+
+    # Then they hold the same rows, columns and values (Parquet keeps its declared types; JSON
+    # infers them, so only the values are compared)
+    rows = jsonl_manifest["files"][0]["rows"]
+    assert gz.num_rows == parquet.num_rows == rows
+    assert gz_manifest["files"][0]["rows"] == parquet_manifest["files"][0]["rows"] == rows
+    assert gz.column_names == parquet.column_names == jsonl.column_names == SCHEMAS[fmt].names
+    assert gz.to_list() == jsonl.to_list()
+    assert parquet.to_list() == jsonl.to_list()
+    assert parquet.features.arrow_schema.names == SCHEMAS[fmt].names
+
+
+def test_dpo_export_is_what_trl_calls_a_conversational_preference_dataset_with_explicit_prompt(
+    db: None, tmp_path: Path, cache: Path, chat_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    build_export_study()
+    dataset = load("json", export("dpo", tmp_path)[0], cache)
+
+    for example in dataset:
+        assert is_conversational(example)
+        assert not is_conversational_from_value(example)
+        # The prompt is explicit: TRL leaves it alone.
+        assert maybe_extract_prompt(example) is example
+        assert example["prompt"][-1]["role"] == "user"
+        # TRL renders prompt (with the generation prompt) and replies to text, ignoring our metadata.
+        text = apply_chat_template(example, chat_tokenizer)
+        assert text == {
+            "prompt": render(chat_tokenizer, example["prompt"], add_generation_prompt=True),
+            "chosen": f"{example['chosen'][0]['content']}\n",
+            "rejected": f"{example['rejected'][0]['content']}\n",
+        }
+
+    # The dataset-level form keeps the metadata columns beside the rendered ones.
+    rendered = dataset.map(maybe_apply_chat_template, fn_kwargs={"processing_class": chat_tokenizer})
+    assert set(PAIR_METADATA) <= set(rendered.column_names)
+    assert all(isinstance(rendered[0][key], str) for key in ("prompt", "chosen", "rejected"))
+
+
+def test_kto_export_is_what_trl_calls_a_conversational_unpaired_preference_dataset(
+    db: None, tmp_path: Path, cache: Path, chat_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    build_export_study()
+    dataset = load("json", export("kto", tmp_path)[0], cache)
+
+    # Not paired: TRL has nothing to unpair.
+    assert maybe_unpair_preference_dataset(dataset) is dataset
+    assert {True, False} == set(dataset["label"])
+    for example in dataset:
+        assert is_conversational(example)
+        assert maybe_extract_prompt(example) is example  # no chosen/rejected: not a paired example
+        text = apply_chat_template(example, chat_tokenizer)
+        assert text == {
+            "prompt": render(chat_tokenizer, example["prompt"], add_generation_prompt=True),
+            "completion": f"{example['completion'][0]['content']}\n",
+            "label": example["label"],
+        }
+
+
+def test_reward_export_is_an_implicit_prompt_preference_dataset_whose_prompt_is_the_conversation_so_far(
+    db: None, tmp_path: Path, cache: Path, chat_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    # Given the reward and dpo exports of the same votes (the same pairs, in the same order)
+    build_export_study()
+    reward = load("json", export("reward", tmp_path)[0], cache)
+    dpo = load("json", export("dpo", tmp_path)[0], cache)
+    assert reward.num_rows == dpo.num_rows
+
+    for example, pair in zip(reward, dpo, strict=True):
+        assert "prompt" not in example
+        assert is_conversational(example)
+        # When TRL extracts the shared prompt
+        extracted = maybe_extract_prompt(example)
+        # Then it is the conversation up to the branch point, and the replies are what remains,
+        # exactly as the dpo export has them
+        assert extracted == extract_prompt(example)
+        assert extracted == {"prompt": pair["prompt"], "chosen": pair["chosen"], "rejected": pair["rejected"]}
+        assert extracted["prompt"] == example["chosen"][:-1] == example["rejected"][:-1]
+        # Rendered as is (implicit prompt) each side is the whole conversation.
+        assert apply_chat_template(example, chat_tokenizer) == {
+            "chosen": render(chat_tokenizer, example["chosen"]),
+            "rejected": render(chat_tokenizer, example["rejected"]),
+        }
+
+
+def test_reward_trainer_prepares_the_reward_export_as_it_is(
+    db: None, tmp_path: Path, cache: Path, tiny_model_dir: Path, chat_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    build_export_study()
+    dataset = load("json", export("reward", tmp_path)[0], cache)
+
+    # RewardTrainer tokenizes (and checks) its dataset when it is built.
+    trainer = RewardTrainer(
+        model=str(tiny_model_dir),
+        args=trl_args(RewardConfig, tmp_path / "reward-run"),
+        train_dataset=dataset,
+        processing_class=chat_tokenizer,
+    )
+
+    prepared = trainer.train_dataset
+    assert prepared.num_rows == dataset.num_rows  # nothing filtered out
+    for example, tokens in zip(dataset, prepared, strict=True):
+        assert chat_tokenizer.decode(tokens["chosen_ids"]) == render(chat_tokenizer, example["chosen"])
+        assert chat_tokenizer.decode(tokens["rejected_ids"]) == render(chat_tokenizer, example["rejected"])
+
+
+def test_kto_trainer_prepares_the_kto_export_as_it_is(
+    db: None, tmp_path: Path, cache: Path, tiny_model_dir: Path, chat_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    build_export_study()
+    dataset = load("json", export("kto", tmp_path)[0], cache)
+
+    trainer = KTOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=trl_args(KTOConfig, tmp_path / "kto-run"),
+        train_dataset=dataset,
+        processing_class=chat_tokenizer,
+    )
+
+    prepared = trainer.train_dataset
+    assert prepared.num_rows == dataset.num_rows  # neither unpaired (doubled) nor filtered
+    assert prepared["label"] == dataset["label"]
+    for example, tokens in zip(dataset, prepared, strict=True):
+        prompt = render(chat_tokenizer, example["prompt"], add_generation_prompt=True)
+        assert chat_tokenizer.decode(tokens["prompt_ids"]) == prompt
+        assert chat_tokenizer.decode(tokens["completion_ids"]) == f"{example['completion'][0]['content']}\n"
+
+
+# TRL 1.16 still calls transformers' old `is_gradient_checkpointing` name; nothing of ours.
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_dpo_trainer_trains_one_step_on_the_dpo_export_as_it_is(
+    db: None, tmp_path: Path, cache: Path, tiny_model_dir: Path, chat_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    # Given the dpo export loaded with datasets, metadata columns and all, and a tiny model
+    build_export_study()
+    dataset = load("json", export("dpo", tmp_path)[0], cache)
+    assert set(PAIR_METADATA) <= set(dataset.column_names)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+
+    # When DPOTrainer takes one step on it
+    trainer = DPOTrainer(
+        model=model,
+        args=trl_args(DPOConfig, tmp_path / "dpo-run", learning_rate=1e-3),
+        train_dataset=dataset,
+        processing_class=chat_tokenizer,
+    )
+    assert trainer.train_dataset.num_rows == dataset.num_rows
+    result = trainer.train()
+
+    # Then the loss is a number and the weights moved
+    assert result.global_step == 1
+    assert math.isfinite(result.training_loss)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    changed = [name for name, param in trainer.model.named_parameters() if not torch.equal(param, before[name])]
+    assert changed
