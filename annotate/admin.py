@@ -4,7 +4,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import path
+from django.urls import URLPattern, path
 
 from annotate import services
 from annotate.models import Comparison, Conversation, Scenario, Study, Turn
@@ -30,7 +30,7 @@ class StudyAdmin(admin.ModelAdmin):
     inlines = [ScenarioInline]
     change_form_template = "admin/annotate/study/change_form.html"
 
-    def get_urls(self):  # type: ignore[no-untyped-def]
+    def get_urls(self) -> list[URLPattern]:
         custom = [
             path(
                 "<int:pk>/import-scenarios/",

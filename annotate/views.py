@@ -12,11 +12,11 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -24,11 +24,11 @@ from django.views.decorators.http import require_GET, require_POST
 from annotate import selectors, services, signals
 from annotate.models import Comparison, Conversation, Study, Turn
 from core.errors import ActionRefused
-from core.http import answers_refusals
+from core.http import AppRequest, answers_refusals
 from core.validation import parse_int, parse_request_key
 
 
-def _conversation_for(request: HttpRequest, pk: int) -> Conversation:
+def _conversation_for(request: AppRequest, pk: int) -> Conversation:
     """The rater's own conversation, or 404 for anyone else's (no hint that it exists)."""
     return get_object_or_404(
         Conversation.objects.select_related("study", "scenario", "head"), pk=pk, rater=request.user
@@ -58,11 +58,11 @@ def _session_context(conversation: Conversation, error: str = "") -> dict[str, A
     # What higher layers show in the session (labeling: the tag bars' labels and the rater's tags).
     turns = [*path, *candidates]
     for _, extra in signals.session_rendering.send(sender=Conversation, conversation=conversation, turns=turns):
-        context.update(extra)
+        context.update(cast(dict[str, Any], extra))
     return context
 
 
-def _respond(request: HttpRequest, conversation: Conversation) -> HttpResponse:
+def _respond(request: AppRequest, conversation: Conversation) -> HttpResponse:
     """After a successful action: the fresh fragment for htmx, a redirect for a plain form."""
     if request.htmx:
         conversation.refresh_from_db()
@@ -70,7 +70,7 @@ def _respond(request: HttpRequest, conversation: Conversation) -> HttpResponse:
     return redirect("annotate:conversation", pk=conversation.pk)
 
 
-def _session_page(request: HttpRequest, exc: ActionRefused, pk: int, **_: Any) -> HttpResponse:
+def _session_page(request: AppRequest, exc: ActionRefused, pk: int, **_: Any) -> HttpResponse:
     """A refused plain form post: the whole session page again, with the message above the form."""
     conversation = _conversation_for(request, pk)
     return render(request, "annotate/conversation.html", _session_context(conversation, exc.message), status=exc.status)
@@ -78,7 +78,7 @@ def _session_page(request: HttpRequest, exc: ActionRefused, pk: int, **_: Any) -
 
 @login_required
 @require_GET
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AppRequest) -> HttpResponse:
     return render(
         request,
         "annotate/home.html",
@@ -89,7 +89,7 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals
-def study_start(request: HttpRequest, slug: str) -> HttpResponse:
+def study_start(request: AppRequest, slug: str) -> HttpResponse:
     study = get_object_or_404(Study, slug=slug, is_active=True)
     conversation = services.conversation_start(study=study, rater=request.user)
     return redirect("annotate:conversation", pk=conversation.pk)
@@ -97,7 +97,7 @@ def study_start(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def conversation_detail(request: AppRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
     if conversation.status != Conversation.Status.ACTIVE:
         return redirect("annotate:transcript", pk=pk)
@@ -108,7 +108,7 @@ def conversation_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals(page=_session_page)
-def message_send(request: HttpRequest, pk: int) -> HttpResponse:
+def message_send(request: AppRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
     services.message_send(
         conversation=conversation,
@@ -121,7 +121,7 @@ def message_send(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals(page=_session_page)
-def vote(request: HttpRequest, pk: int) -> HttpResponse:
+def vote(request: AppRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
     post = request.POST
     choice = post.get("choice", "")
@@ -145,7 +145,7 @@ def vote(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals(page=_session_page)
-def turn_retry(request: HttpRequest, pk: int, turn_id: int) -> HttpResponse:
+def turn_retry(request: AppRequest, pk: int, turn_id: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
     services.turn_retry(conversation=conversation, turn_id=turn_id)
     return _respond(request, conversation)
@@ -154,7 +154,7 @@ def turn_retry(request: HttpRequest, pk: int, turn_id: int) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals(page=_session_page)
-def conversation_finish(request: HttpRequest, pk: int) -> HttpResponse:
+def conversation_finish(request: AppRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
     services.conversation_finish(
         conversation=conversation,
@@ -171,7 +171,7 @@ def conversation_finish(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def transcript(request: HttpRequest, pk: int) -> HttpResponse:
+def transcript(request: AppRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
     return render(
         request,
@@ -215,7 +215,7 @@ async def _turn_events(turn_ids: list[int]) -> AsyncIterator[bytes]:
 
 
 @login_required
-async def stream(request: HttpRequest, pk: int) -> HttpResponse:
+async def stream(request: AppRequest, pk: int) -> StreamingHttpResponse:
     """Server-sent events with the text of the candidates answering the latest user message."""
     user = await request.auser()
     conversation = await Conversation.objects.select_related("head").filter(pk=pk, rater_id=user.pk).afirst()

@@ -12,11 +12,21 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django_htmx.http import reswap, retarget
+from django_htmx.middleware import HtmxDetails
 
 from core.errors import ActionRefused
+
+class AppRequest(HttpRequest):
+    """A request as our middleware leaves it, for the type checker: django-htmx's `htmx` details,
+    and (views are behind @login_required) a logged-in user."""
+
+    user: User
+    htmx: HtmxDetails
+
 
 View = TypeVar("View", bound=Callable[..., HttpResponse])
 FullPage = Callable[..., HttpResponse]

@@ -16,7 +16,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import path, reverse
+from django.urls import URLPattern, path, reverse
 from django.utils.http import content_disposition_header
 
 from annotate.admin import StudyAdmin
@@ -65,7 +65,7 @@ class DatasetExportAdmin(admin.ModelAdmin):
     list_display = ("pk", "study", "format", "status", "progress_display", "rows", "created_at", "finished_at")
     list_filter = ("status", "format", "study")
 
-    def get_urls(self):  # type: ignore[no-untyped-def]
+    def get_urls(self) -> list[URLPattern]:
         custom = [
             path(
                 "<int:pk>/progress/", self.admin_site.admin_view(self.progress), name="exports_datasetexport_progress"

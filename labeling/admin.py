@@ -4,7 +4,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import path
+from django.urls import URLPattern, path
 
 from core.errors import ActionRefused
 from labeling import services
@@ -29,7 +29,7 @@ class TaxonomyAdmin(admin.ModelAdmin):
     change_list_template = "admin/labeling/taxonomy/change_list.html"
     change_form_template = "admin/labeling/taxonomy/change_form.html"
 
-    def get_urls(self):  # type: ignore[no-untyped-def]
+    def get_urls(self) -> list[URLPattern]:
         custom = [
             path("import-yaml/", self.admin_site.admin_view(self.import_yaml), name="labeling_taxonomy_import"),
             path("<int:pk>/yaml/", self.admin_site.admin_view(self.export_yaml), name="labeling_taxonomy_export"),

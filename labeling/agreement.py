@@ -23,10 +23,11 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import TypeVar
+from typing import Any, TypeVar
 
 V = TypeVar("V", bound=Hashable)
-Units = Mapping[Hashable, Mapping[Hashable, V]]
+# {unit: {coder: value}}; units and coders are any hashable ids (Mapping is invariant in its keys).
+Units = Mapping[Any, Mapping[Any, V]]
 Distance = Callable[[V, V], float]
 
 
@@ -123,7 +124,7 @@ def krippendorff_alpha(units: Units[V], distance: Distance[V] = nominal_distance
     return alpha_from_patterns(unit_patterns(units), distance)
 
 
-def masi_alpha(units: Units[Iterable[Hashable]]) -> float | None:
+def masi_alpha(units: Mapping[Any, Mapping[Any, Iterable[Hashable]]]) -> float | None:
     """Alpha for multi-label data: each value is a set of labels, compared with MASI."""
     as_sets = {unit: {coder: frozenset(labels) for coder, labels in coded.items()} for unit, coded in units.items()}
     return krippendorff_alpha(as_sets, masi_distance)
@@ -152,8 +153,8 @@ def cohen_kappa(first: Sequence[Hashable], second: Sequence[Hashable]) -> float 
 class PairKappa:
     """Cohen's kappa between two coders on the ``n`` units both of them coded."""
 
-    coder_a: Hashable
-    coder_b: Hashable
+    coder_a: Any
+    coder_b: Any
     kappa: float | None
     n: int
 

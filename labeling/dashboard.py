@@ -139,7 +139,7 @@ def study_dashboard(*, study: Study) -> StudyDashboard:
         masi_alpha=agreement.krippendorff_alpha(set_units, agreement.masi_distance),
         labels=_label_figures(labels, label_counts, overlap, roles),
         pairs=[
-            PairFigures(rater_a=names[p.coder_a], rater_b=names[p.coder_b], kappa=p.kappa, turns=p.n)  # type: ignore[index]
+            PairFigures(rater_a=names[p.coder_a], rater_b=names[p.coder_b], kappa=p.kappa, turns=p.n)
             for p in agreement.pairwise_kappa(set_units)
         ],
         votes=_vote_figures(study),
@@ -156,8 +156,7 @@ def _coded_turns(study: Study) -> tuple[dict[int, dict[int, set[int]]], dict[int
     reply = Q(role=Turn.Role.ASSISTANT, status=Turn.Status.DONE)
     if not study.review_all_branches:
         lived = Comparison.objects.filter(conversation__study=study, task=Comparison.Task.LIVE)
-        lived = lived.values("continued_from_id")
-        reply &= Q(pk__in=lived)
+        reply &= Q(pk__in=lived.values("continued_from_id"))
     covered = (
         Turn.objects.filter(conversation__study=study, conversation__reviews__isnull=False)
         .filter(Q(role=Turn.Role.USER) | reply)
@@ -196,9 +195,9 @@ def _tag_counts(study: Study) -> tuple[dict[int, Counter[str]], Counter[int]]:
     by_label: dict[int, Counter[str]] = defaultdict(Counter)
     by_rater: Counter[int] = Counter()
     for row in rows:
-        label_id, rater_id = row.pop("label_id"), row.pop("rater_id")
-        by_label[label_id].update(row)
-        by_rater[rater_id] += row["confirmed"]
+        counts = {name: value for name, value in row.items() if name not in ("label_id", "rater_id")}
+        by_label[row["label_id"]].update(counts)
+        by_rater[row["rater_id"]] += row["confirmed"]
     return by_label, by_rater
 
 

@@ -54,7 +54,7 @@ class Command(BaseCommand):
         ]
         if not options["no_worker"]:
             commands.append(worker_argv(concurrency=options["concurrency"]))
-        processes = [subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for cmd in commands]
+        processes = {cmd[2]: subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for cmd in commands}
         stopping = False
         announced = False
 
@@ -65,22 +65,22 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
         try:
-            while not stopping and all(p.poll() is None for p in processes):
+            while not stopping and all(p.poll() is None for p in processes.values()):
                 if not announced and _answers(options["host"], options["port"]):
                     announced = True
                     self._announce(options["host"], options["port"])
                 time.sleep(0.3)
         finally:
-            for p in processes:
+            for p in processes.values():
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 15
-            for p in processes:
+            for p in processes.values():
                 try:
                     p.wait(timeout=max(deadline - time.monotonic(), 0.1))
                 except subprocess.TimeoutExpired:
                     p.kill()
-        failed = [p.args[2] for p in processes if p.returncode not in (0, -signal.SIGTERM, None) and not stopping]
+        failed = [name for name, p in processes.items() if p.returncode not in (0, -signal.SIGTERM, None) and not stopping]
         if failed:
             self.stderr.write(f"Stopped because a process exited: {', '.join(failed)}")
             sys.exit(1)
