@@ -14,12 +14,12 @@ import socket
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from annotate import selectors, signals
 from annotate.models import Turn
-from workers.backends import GenerationError, GenerationRequest, backend_for
+from workers.backends import GenerationError, GenerationRequest, GenerationResult, OnText, backend_for
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +59,37 @@ def turn_generate(*, turn_id: int, redelivered: bool = False) -> str:
     """Claim and sample one assistant turn. Returns what happened, for logs and tests."""
     attempt = turn_claim(turn_id=turn_id, redelivered=redelivered)
     if attempt is None:
-        # Someone else holds a live lease: the caller should look again once it may have expired.
-        busy = Turn.objects.filter(pk=turn_id, status=Turn.Status.STREAMING).exists()
-        return "busy" if busy else "skipped"
+        return _unclaimed(turn_id)
     turn = Turn.objects.select_related("model_config").get(pk=turn_id)
+    # Every write below goes through `mine`: it matches nothing once another attempt claimed the turn.
     mine = Turn.objects.filter(pk=turn_id, attempt=attempt, status=Turn.Status.STREAMING)
     if redelivered and attempt > settings.TURN_MAX_CRASHES:
         # A message that kills its worker every time would otherwise be redelivered forever.
-        mine.update(
-            status=Turn.Status.FAILED,
-            error=f"The worker stopped {attempt - 1} times while writing this reply; retry, or tell the researcher.",
-            finished_at=timezone.now(),
+        return _fail(
+            mine, f"The worker stopped {attempt - 1} times while writing this reply; retry, or tell the researcher."
         )
-        return "failed"
+    on_text = _text_writer(mine)
+    request = _request_for(turn)
+    try:
+        if turn.model_config is None:
+            raise GenerationError("This turn has no model configuration")
+        result = backend_for(turn.model_config).generate(request, on_text)
+    except Exception as exc:  # the rater sees the message and may retry
+        log.exception("Generation failed for turn %s", turn_id)
+        return _fail(mine, str(exc) if isinstance(exc, GenerationError) else f"{type(exc).__name__}: {exc}")
+    return _finish(mine, turn_id, result)
+
+
+def _unclaimed(turn_id: int) -> str:
+    """Why the claim failed: someone else holds a live lease ("busy": look again once it may have
+    expired), or the turn is not one to run ("skipped": finished, failed, not a reply, or no such turn)."""
+    busy = Turn.objects.filter(pk=turn_id, status=Turn.Status.STREAMING).exists()
+    return "busy" if busy else "skipped"
+
+
+def _text_writer(mine: QuerySet[Turn]) -> OnText:
+    """The backend's `on_text`: store the text so far (the rater's page polls it) and the heartbeat that
+    keeps the lease, stamp the first token once, and say stop when this attempt no longer holds the turn."""
     first_token_written = False
 
     def on_text(text: str) -> bool:
@@ -83,26 +101,32 @@ def turn_generate(*, turn_id: int, redelivered: bool = False) -> str:
             first_token_written = True
         return mine.update(**fields) == 1
 
-    request = GenerationRequest(
+    return on_text
+
+
+def _request_for(turn: Turn) -> GenerationRequest:
+    """What the model is asked: the path above the turn, with the system prompt, parameters and seed
+    stored on the turn, so the row records exactly what the sample was drawn with."""
+    return GenerationRequest(
         messages=selectors.messages_before(turn),
         system_prompt=turn.system_prompt,
         params=turn.params,
         seed=turn.seed or 0,
     )
-    try:
-        if turn.model_config is None:
-            raise GenerationError("This turn has no model configuration")
-        result = backend_for(turn.model_config).generate(request, on_text)
-    except Exception as exc:  # the rater sees the message and may retry
-        log.exception("Generation failed for turn %s", turn_id)
-        message = str(exc) if isinstance(exc, GenerationError) else f"{type(exc).__name__}: {exc}"
-        mine.update(status=Turn.Status.FAILED, error=message[:2000], finished_at=timezone.now())
-        return "failed"
+
+
+def _fail(mine: QuerySet[Turn], error: str) -> str:
+    """Mark the turn failed with a message the rater sees (they may retry), if this attempt still holds it."""
+    mine.update(status=Turn.Status.FAILED, error=error[:2000], finished_at=timezone.now())
+    return "failed"
+
+
+def _finish(mine: QuerySet[Turn], turn_id: int, result: GenerationResult) -> str:
+    """Store the finished reply if this attempt still holds the turn, and only then announce it."""
     if result.stopped_early:
         return "superseded"
     if not result.text:
-        mine.update(status=Turn.Status.FAILED, error="The model returned an empty reply.", finished_at=timezone.now())
-        return "failed"
+        return _fail(mine, "The model returned an empty reply.")
     finished = mine.update(
         status=Turn.Status.DONE,
         text=result.text,

@@ -8,6 +8,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from annotate.tree import slot_letter
+
 
 class Study(models.Model):
     """What a rater is asked to do, with which models, and how the data is collected."""
@@ -148,7 +150,7 @@ class Turn(models.Model):
 
     @property
     def label(self) -> str:
-        return chr(ord("A") + self.position)
+        return slot_letter(self.position)
 
     @property
     def is_finished(self) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -60,7 +60,7 @@ def _pool(study: Study, k: int) -> list[ModelConfig]:
 
 
 @transaction.atomic
-def conversation_start(*, study: Study, rater: AbstractBaseUser) -> Conversation:
+def conversation_start(*, study: Study, rater: User) -> Conversation:
     """Resume the rater's active conversation in the study, or start one on the least-used scenario."""
     if not study.is_active:
         raise ActionRefused("This study is closed.", status=409)
@@ -174,7 +174,7 @@ def comparison_clean(
 def comparison_record(
     *,
     conversation: Conversation,
-    rater: AbstractBaseUser,
+    rater: User,
     parent_id: int,
     choice: str,
     chosen_id: int | None = None,
@@ -187,44 +187,23 @@ def comparison_record(
 
     Idempotent on `idempotency_key`: a resend returns the comparison already stored.
     """
-    existing = Comparison.objects.filter(idempotency_key=idempotency_key).first()
+    existing = _live_vote_stored(conversation, idempotency_key)
     if existing is not None:
-        if existing.conversation_id != conversation.pk or existing.task != Comparison.Task.LIVE:
-            raise ActionRefused("That request key belongs to another conversation.", status=409)
         return existing
     conversation = _locked(conversation)
-    parent = selectors.awaiting_vote(conversation)
-    if parent is None or parent.pk != parent_id:
-        live = Comparison.objects.filter(parent_id=parent_id, conversation=conversation, task=Comparison.Task.LIVE)
-        if live.exists():
-            raise ActionRefused("You already chose a reply for this message.", status=409)
-        raise ActionRefused("Those replies are not waiting for a choice.", status=409)
-    candidates = selectors.candidates_of(parent)
-    if any(c.status != Turn.Status.DONE for c in candidates):
-        raise ActionRefused("Wait until every reply has finished (or retry the failed one) before choosing.", 409)
+    parent = _parent_awaiting(conversation, parent_id)
+    candidates = _candidates_all_done(parent)
     # Higher layers may refuse the vote (labeling: a study that wants every reply tagged first).
+    # Sent before anything is written, so a refusal leaves nothing behind.
     signals.vote_requested.send(sender=Comparison, conversation=conversation, rater=rater, candidates=candidates)
     chosen, strength, reason = comparison_clean(
         candidates=candidates, choice=choice, chosen_id=chosen_id, strength=strength, reason=reason
     )
     continued_from = chosen or candidates[0]
     if rewrite_text.strip():
-        base = chosen or candidates[0]
-        continued_from = Turn.objects.create(
-            conversation=conversation,
-            parent=parent,
-            role=Turn.Role.ASSISTANT,
-            depth=base.depth,
-            position=len(candidates),
-            text=clean_text(rewrite_text, limit=conversation.study.max_message_chars * 4, what="rewrite"),
-            status=Turn.Status.DONE,
-            model_config=base.model_config,
-            is_rewrite=True,
-            rewrite_of=base,
-            finished_at=timezone.now(),
+        continued_from = _rewrite_create(
+            conversation, parent, base=continued_from, text=rewrite_text, position=len(candidates)
         )
-    ready_at = max((c.finished_at for c in candidates if c.finished_at), default=None)
-    decision_ms = int((timezone.now() - ready_at).total_seconds() * 1000) if ready_at else None
     comparison = Comparison.objects.create(
         conversation=conversation,
         parent=parent,
@@ -233,13 +212,68 @@ def comparison_record(
         continued_from=continued_from,
         strength=strength,
         reason=reason,
-        decision_ms=decision_ms,
+        decision_ms=_decision_ms(candidates),
         rater=rater,
         idempotency_key=idempotency_key,
     )
     conversation.head = continued_from
     conversation.save(update_fields=["head"])
     return comparison
+
+
+def _live_vote_stored(conversation: Conversation, idempotency_key: uuid.UUID) -> Comparison | None:
+    """The live vote already stored under this key (a resend), or None; a key used elsewhere is refused.
+
+    Checked before the lock and the state checks, so a resend is answered even once the conversation moved on.
+    """
+    existing = Comparison.objects.filter(idempotency_key=idempotency_key).first()
+    if existing is not None and (existing.conversation_id != conversation.pk or existing.task != Comparison.Task.LIVE):
+        raise ActionRefused("That request key belongs to another conversation.", status=409)
+    return existing
+
+
+def _parent_awaiting(conversation: Conversation, parent_id: int) -> Turn:
+    """The user turn the vote is for, which must be the one awaiting a choice (a second vote says so)."""
+    parent = selectors.awaiting_vote(conversation)
+    if parent is None or parent.pk != parent_id:
+        live = Comparison.objects.filter(parent_id=parent_id, conversation=conversation, task=Comparison.Task.LIVE)
+        if live.exists():
+            raise ActionRefused("You already chose a reply for this message.", status=409)
+        raise ActionRefused("Those replies are not waiting for a choice.", status=409)
+    return parent
+
+
+def _candidates_all_done(parent: Turn) -> list[Turn]:
+    """The candidates answering `parent`. A live vote compares all of them, so it waits until each has
+    finished (a failed one is retried first): unlike a review vote, it never leaves one out."""
+    candidates = selectors.candidates_of(parent)
+    if any(c.status != Turn.Status.DONE for c in candidates):
+        raise ActionRefused("Wait until every reply has finished (or retry the failed one) before choosing.", 409)
+    return candidates
+
+
+def _rewrite_create(conversation: Conversation, parent: Turn, *, base: Turn, text: str, position: int) -> Turn:
+    """The rater's rewrite of `base`, stored as one more reply to `parent` (the slot after the candidates)
+    and credited to `base`'s model config; the conversation continues from it."""
+    return Turn.objects.create(
+        conversation=conversation,
+        parent=parent,
+        role=Turn.Role.ASSISTANT,
+        depth=base.depth,
+        position=position,
+        text=clean_text(text, limit=conversation.study.max_message_chars * 4, what="rewrite"),
+        status=Turn.Status.DONE,
+        model_config=base.model_config,
+        is_rewrite=True,
+        rewrite_of=base,
+        finished_at=timezone.now(),
+    )
+
+
+def _decision_ms(candidates: list[Turn]) -> int | None:
+    """How long the rater took to choose, from the moment the last candidate finished (None if unknown)."""
+    ready_at = max((c.finished_at for c in candidates if c.finished_at), default=None)
+    return int((timezone.now() - ready_at).total_seconds() * 1000) if ready_at else None
 
 
 @transaction.atomic
@@ -257,8 +291,8 @@ def conversation_finish(
     if goal not in Conversation.Goal.values:
         raise ActionRefused("Say whether you reached your goal: yes, partly or no.")
     try:
-        score = int(understanding)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        score = int(understanding) if understanding is not None else 0
+    except ValueError:
         score = 0
     if not 1 <= score <= 5:
         raise ActionRefused("Rate how well the assistant understood you, from 1 to 5.")

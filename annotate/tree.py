@@ -18,6 +18,20 @@ class Node(Protocol):
     def parent_id(self) -> int | None: ...
 
 
+class Reply(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def parent_id(self) -> int | None: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def position(self) -> int: ...
+
+
 class Candidate(Protocol):
     @property
     def is_rewrite(self) -> bool: ...
@@ -30,9 +44,11 @@ class Candidate(Protocol):
 
 
 N = TypeVar("N", bound=Node)
+R = TypeVar("R", bound=Reply)
 C = TypeVar("C", bound=Candidate)
 
 DONE = "done"  # Turn.Status.DONE, spelt out so that this module needs no model
+ASSISTANT = "assistant"  # Turn.Role.ASSISTANT, likewise
 
 
 def path_to(turns_by_id: Mapping[int, N], tip_id: int | None) -> list[N]:
@@ -47,6 +63,18 @@ def path_to(turns_by_id: Mapping[int, N], tip_id: int | None) -> list[N]:
         tip_id = turn.parent_id
     path.reverse()
     return path
+
+
+def replies_by_parent(turns: Iterable[R]) -> dict[int, list[R]]:
+    """The assistant turns among `turns` by the id of the turn they answer, each list in slot order.
+
+    Every reply is there (rewrites, failed and unfinished ones too); ties in slot are broken by id.
+    """
+    replies: dict[int, list[R]] = {}
+    for turn in sorted(turns, key=lambda t: (t.position, t.id)):
+        if turn.role == ASSISTANT and turn.parent_id is not None:
+            replies.setdefault(turn.parent_id, []).append(turn)
+    return replies
 
 
 def finished_candidates(replies: Iterable[C]) -> list[C]:

@@ -1,16 +1,23 @@
-"""Helpers shared by the bench/ scripts: own database and broker, child processes, percentiles."""
+"""Helpers shared by the bench/ scripts: own database and broker, child processes, percentiles.
+
+The child processes (`Child`, `free_port`) are the tests' own, from tests/processes.py (standard
+library only, so importable before Django is set up).
+"""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import time
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the scripts run as `python bench/x.py`: only bench/ is on the path
+    sys.path.insert(0, str(ROOT))
+
+from tests.processes import ChildProcess as Child  # noqa: E402
+from tests.processes import free_port  # noqa: E402
+
+__all__ = ["ROOT", "Child", "ensure_database", "flush_broker", "free_port", "percentile"]
 
 
 def ensure_database(database_url: str) -> None:
@@ -33,48 +40,6 @@ def flush_broker(broker_url: str) -> None:
     client = redis.Redis.from_url(broker_url)
     client.flushdb()
     client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Child:
-    """A subprocess (own process group) logging to a file we can wait on."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, *texts: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            out = self.output()
-            if all(t in out for t in texts):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not print {texts} within {timeout:.0f} s:\n{self.output()[-4000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -20,6 +20,7 @@ from django_htmx.middleware import HtmxDetails
 
 from core.errors import ActionRefused
 
+
 class AppRequest(HttpRequest):
     """A request as our middleware leaves it, for the type checker: django-htmx's `htmx` details,
     and (views are behind @login_required) a logged-in user."""

@@ -13,7 +13,7 @@ from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, Pipe, wait
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, cast
 
 from django.conf import settings
 from django.db import connections
@@ -113,14 +113,8 @@ def export_build(
     exists or cannot be written, or a selection without rows.
     """
     sel = selection_open(params, refuse=_refuse)
-    out = Path(out).expanduser().absolute()
-    try:
-        writers.output_check(out)
-    except writers.OutputError as exc:
-        raise _refuse(str(exc)) from exc
-    total = sel.count()
-    if total == 0:
-        raise _refuse(f"No conversations in study “{sel.study.slug}” match the filters: nothing to export.")
+    out = _output_checked(out)
+    total = _selected_count(sel)
     chunk = chunk or chunk_for(total)
     processes = settings.EXPORT_PROCESSES if processes is None else processes
     spans = sel.spans(total=total, chunk=chunk, parts=processes) if processes > 1 and sel.concurrent_reads() else []
@@ -135,28 +129,71 @@ def export_build(
                 schema=formats.SCHEMAS[params.format],
             )
             try:
-                if len(spans) > 1:
-                    logger.info("Export of %s as %s: %d conversations in %d processes", sel.study.slug,
-                                params.format, total, len(spans))  # fmt: skip
-                    stats = export_parts(sel, spans, writer=writer, staging=staging, chunk=chunk, report=counted.add)
-                else:
-                    stats = export_rows(sel, writer, chunk=chunk, report=counted.add)
+                stats = _rows_written(sel, writer, spans, staging=staging, chunk=chunk, counted=counted)
             finally:
                 writer.close()
-            if writer.rows == 0:
-                raise _refuse(
-                    f"The {total} selected conversations give no `{params.format}` rows "
-                    "(no votes, or none that pass the filters): nothing to export."
-                )
-            digest = writer.sha256
-            files = [{"path": name, "rows": writer.rows, "bytes": (staging / name).stat().st_size, "sha256": digest}]
-            (staging / "manifest.json").write_text(card.manifest_json(params=params, files=files, stats=stats))
-            (staging / "README.md").write_text(card.card_markdown(sel=sel, files=files, stats=stats))
+            _rows_required(writer, total=total, fmt=params.format)
+            _card_written(sel, staging, writer=writer, stats=stats)
     except writers.OutputError as exc:
         raise _refuse(str(exc)) from exc
     except OSError as exc:
         raise _refuse(f"Writing the export to {out} failed: {exc.strerror or exc}.") from exc
-    return ExportResult(out=out, data_file=out / name, rows=writer.rows, conversations=total, sha256=digest)
+    return ExportResult(out=out, data_file=out / name, rows=writer.rows, conversations=total, sha256=writer.sha256)
+
+
+def _output_checked(out: Path) -> Path:
+    """The output path made absolute, refused before any reading if it exists or cannot be
+    written: a mistake in it should not cost a whole export."""
+    out = Path(out).expanduser().absolute()
+    try:
+        writers.output_check(out)
+    except writers.OutputError as exc:
+        raise _refuse(str(exc)) from exc
+    return out
+
+
+def _selected_count(sel: Selection) -> int:
+    """The number of conversations selected; none is refused, as there is nothing to export."""
+    total = sel.count()
+    if total == 0:
+        raise _refuse(f"No conversations in study “{sel.study.slug}” match the filters: nothing to export.")
+    return total
+
+
+def _rows_written(
+    sel: Selection,
+    writer: writers.RowWriter,
+    spans: list[Span],
+    *,
+    staging: Path,
+    chunk: int,
+    counted: _Counted,
+) -> card.SelectionStats:
+    """The rows into `writer`, by several processes when the selection was split into spans,
+    else by this one: either way the same file."""
+    if len(spans) > 1:
+        logger.info("Export of %s as %s: %d conversations in %d processes", sel.study.slug,
+                    sel.params.format, counted.total, len(spans))  # fmt: skip
+        return export_parts(sel, spans, writer=writer, staging=staging, chunk=chunk, report=counted.add)
+    return export_rows(sel, writer, chunk=chunk, report=counted.add)
+
+
+def _rows_required(writer: writers.RowWriter, *, total: int, fmt: str) -> None:
+    """Refuse an export without rows: an empty dataset is a mistake in the filters, not a result."""
+    if writer.rows == 0:
+        raise _refuse(
+            f"The {total} selected conversations give no `{fmt}` rows "
+            "(no votes, or none that pass the filters): nothing to export."
+        )
+
+
+def _card_written(sel: Selection, staging: Path, *, writer: writers.RowWriter, stats: card.SelectionStats) -> None:
+    """manifest.json and README.md beside the finished data file, which they describe (name,
+    rows, size and digest)."""
+    name = writer.path.name
+    files = [{"path": name, "rows": writer.rows, "bytes": (staging / name).stat().st_size, "sha256": writer.sha256}]
+    (staging / "manifest.json").write_text(card.manifest_json(params=sel.params, files=files, stats=stats))
+    (staging / "README.md").write_text(card.card_markdown(sel=sel, files=files, stats=stats))
 
 
 def chunk_for(total: int) -> int:
@@ -190,7 +227,7 @@ def export_rows(
     stats = card.SelectionStats()
     with closing(sel.chunks(size=chunk)) as chunks:  # stops a read-ahead thread on failure
         for conversations in chunks:
-            rows = []
+            rows: list[dict[str, Any]] = []
             for conv in conversations:
                 stats.observe(conv)
                 rows.extend(build(conv, sel))
@@ -228,40 +265,65 @@ def export_parts(
     parts: list[_Part] = []
     try:
         for index, span in enumerate(spans):
-            messages, sender = Pipe(duplex=False)
-            path = staging / f".part-{index}"
-            pid = os.fork()
-            if pid == 0:  # the part's process: never returns
-                messages.close()
-                _part_main(replace(sel, span=span), path, part_format, chunk, sender)
-            sender.close()
-            parts.append(_Part(index, pid, messages, path))
-        pending = {part.messages: part for part in parts}
-        while pending:
-            for ready in wait(list(pending)):
-                part = pending[ready]
-                try:
-                    kind, first, second = ready.recv()
-                except EOFError:  # the process has ended: after "done", or it died
-                    del pending[ready]
-                    if part.result is None:
-                        raise ExportPartFailed(f"{part.name} ended without finishing its part.") from None
-                    continue
-                if kind == "progress":
-                    report(first, second)
-                elif kind == "done":
-                    part.result = (first, second)
-                elif kind == "refused":
-                    raise _refuse(first)
-                else:
-                    raise ExportPartFailed(f"{part.name} failed: {first}")
+            parts.append(_part_start(sel, span, index, staging=staging, part_format=part_format, chunk=chunk))
+        _parts_awaited(parts, report)
     finally:
-        for part in parts:
-            if part.result is None:
-                with suppress(ProcessLookupError):
-                    os.kill(part.pid, signal.SIGKILL)
-            os.waitpid(part.pid, 0)
-            part.messages.close()
+        _parts_reaped(parts)
+    return _parts_joined(parts, writer)
+
+
+def _part_start(sel: Selection, span: Span, index: int, *, staging: Path, part_format: str, chunk: int) -> _Part:
+    """Fork the process that writes one span to its own part file; this process keeps the
+    reading end of the pipe the part reports through."""
+    messages, sender = Pipe(duplex=False)
+    path = staging / f".part-{index}"
+    pid = os.fork()
+    if pid == 0:  # the part's process: never returns
+        messages.close()
+        _part_main(replace(sel, span=span), path, part_format, chunk, sender)
+    sender.close()
+    return _Part(index, pid, messages, path)
+
+
+def _parts_awaited(parts: list[_Part], report: Callable[[int, int], None]) -> None:
+    """Pass the parts' progress on until every one has finished; raise at the first refusal,
+    failure or part that ends without finishing (the caller then stops the others)."""
+    pending = {part.messages: part for part in parts}
+    while pending:
+        for waited in wait(list(pending)):
+            ready = cast(Connection, waited)  # `wait` returns what it was given: our pipes
+            part = pending[ready]
+            try:
+                kind, first, second = ready.recv()
+            except EOFError:  # the process has ended: after "done", or it died
+                del pending[ready]
+                if part.result is None:
+                    raise ExportPartFailed(f"{part.name} ended without finishing its part.") from None
+                continue
+            if kind == "progress":
+                report(first, second)
+            elif kind == "done":
+                part.result = (first, second)
+            elif kind == "refused":
+                raise _refuse(first)
+            else:
+                raise ExportPartFailed(f"{part.name} failed: {first}")
+
+
+def _parts_reaped(parts: list[_Part]) -> None:
+    """Kill the parts that have not finished and wait for every one, whatever happened: no
+    process is left running or unreaped, and no pipe open."""
+    for part in parts:
+        if part.result is None:
+            with suppress(ProcessLookupError):
+                os.kill(part.pid, signal.SIGKILL)
+        os.waitpid(part.pid, 0)
+        part.messages.close()
+
+
+def _parts_joined(parts: list[_Part], writer: writers.RowWriter) -> card.SelectionStats:
+    """Append the finished parts to `writer` in span order (which makes the file the one a
+    single process writes) and add up their card figures; each part file goes once copied."""
     stats = card.SelectionStats()
     for part in parts:
         assert part.result is not None

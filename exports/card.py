@@ -12,9 +12,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from annotate.models import Study
 from exports.formats import vote_value
 from exports.selection import ConversationData, ExportParams, Selection
 from labeling import agreement
+from labeling.models import Label
 
 APP_VERSION = "0.4.0"
 
@@ -134,10 +136,26 @@ def _figure(value: float | None, units: int) -> str:
 
 
 def card_markdown(*, sel: Selection, files: list[dict[str, Any]], stats: SelectionStats) -> str:
+    """The dataset card: front matter for the Hugging Face Hub, then a section per question a
+    reader of the dataset asks (how it was made, how much, how reliable, how to load it)."""
     params, study = sel.params, sel.study
     data_file = files[0]["path"]
-    loader = "parquet" if params.file_format == "parquet" else "json"
-    lines = [
+    sections = [
+        _front_matter(params, data_file),
+        _collection(params, study),
+        _counts(data_file, files[0]["rows"], stats),
+        _agreement(stats),
+        _taxonomy(sel.labels, stats),
+        _parameters(params),
+        _loading(params, data_file),
+        _licence(params),
+    ]
+    return "\n".join(line for section in sections for line in section)
+
+
+def _front_matter(params: ExportParams, data_file: str) -> list[str]:
+    """The YAML block the Hub reads: licence, tags, and the data file as the dataset's config."""
+    return [
         "---",
         f"license: {params.licence}",
         "language:\n- en",
@@ -147,6 +165,13 @@ def card_markdown(*, sel: Selection, files: list[dict[str, Any]], stats: Selecti
         f"  data_files: {data_file}",
         "---",
         "",
+    ]
+
+
+def _collection(params: ExportParams, study: Study) -> list[str]:
+    """Title, what the format holds, and how raters produced the data (with their instructions,
+    if the study gave any): what a reader needs to judge what the labels mean."""
+    lines = [
         f"# {study.name}: `{params.format}` export",
         "",
         FORMAT_SUMMARY[params.format],
@@ -163,12 +188,17 @@ def card_markdown(*, sel: Selection, files: list[dict[str, Any]], stats: Selecti
     ]
     if study.instructions:
         lines += ["Instructions given to raters:", "", *(f"> {line}" for line in study.instructions.splitlines()), ""]
-    lines += [
+    return lines
+
+
+def _counts(data_file: str, rows: int, stats: SelectionStats) -> list[str]:
+    """How much data there is, and from how many people and models."""
+    return [
         "## Counts",
         "",
         "| | |",
         "|---|---|",
-        f"| rows in `{data_file}` | {files[0]['rows']} |",
+        f"| rows in `{data_file}` | {rows} |",
         f"| conversations selected | {stats.conversations} ({stats.completed} completed) |",
         f"| turns | {stats.turns} |",
         f"| model replies | {stats.replies} |",
@@ -177,6 +207,12 @@ def card_markdown(*, sel: Selection, files: list[dict[str, Any]], stats: Selecti
         f"| raters | {len(stats.raters)} |",
         f"| models | {', '.join(sorted(stats.models)) or '-'} |",
         "",
+    ]
+
+
+def _agreement(stats: SelectionStats) -> list[str]:
+    """How far raters agree on votes and tags: how much a single judgement can be trusted."""
+    return [
         "## Agreement",
         "",
         f"- Votes (Krippendorff's α, nominal, over branch points with two or more votes): "
@@ -184,18 +220,28 @@ def card_markdown(*, sel: Selection, files: list[dict[str, Any]], stats: Selecti
         f"- Tags (Krippendorff's α with MASI distance over each rater's label set, turns tagged by two or more "
         f"raters): {_figure(stats.tag_alpha(), sum(stats.tag_patterns.values()))}.",
         "",
+    ]
+
+
+def _taxonomy(labels: list[Label], stats: SelectionStats) -> list[str]:
+    """Every label of the study's taxonomy with its definition and use: the tags' vocabulary."""
+    lines = [
         "## Taxonomy",
         "",
         "| label | kind | polarity | used | definition |",
         "|---|---|---|---|---|",
     ]
-    for label in sel.labels:
+    for label in labels:
         definition = " ".join(label.definition.split()).replace("|", "\\|")
         lines.append(
             f"| `{label.name}` | {label.kind} | {label.polarity:+d} | {stats.labels[label.name]} | {definition} |"
         )
-    lines += [
-        "",
+    return [*lines, ""]
+
+
+def _parameters(params: ExportParams) -> list[str]:
+    """The export's parameters as in the manifest, so that the card alone says how to redo it."""
+    return [
         "## Export parameters",
         "",
         "```json",
@@ -205,6 +251,13 @@ def card_markdown(*, sel: Selection, files: list[dict[str, Any]], stats: Selecti
         "Schemas and definitions: `docs/exports.md` in the Common Ground repository. Raters appear under "
         "pseudonyms (`rater-<id>`).",
         "",
+    ]
+
+
+def _loading(params: ExportParams, data_file: str) -> list[str]:
+    """A snippet that loads the data file with `datasets`, with the loader its format needs."""
+    loader = "parquet" if params.file_format == "parquet" else "json"
+    return [
         "## Loading",
         "",
         "```python",
@@ -212,9 +265,14 @@ def card_markdown(*, sel: Selection, files: list[dict[str, Any]], stats: Selecti
         f'ds = load_dataset("{loader}", data_files="{data_file}", split="train")',
         "```",
         "",
+    ]
+
+
+def _licence(params: ExportParams) -> list[str]:
+    """The licence, flagged when nobody chose one (the default `other`)."""
+    return [
         "## Licence",
         "",
         f"`{params.licence}`" + (" (set with `--licence` at export time)." if params.licence == "other" else "."),
         "",
     ]
-    return "\n".join(lines)

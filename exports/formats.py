@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
-from exports.selection import ConversationData, Selection, TurnRow, VoteRow
+from annotate.tree import finished_candidates, slot_letter
+from exports.selection import ConversationData, Selection, TagRow, TurnRow, VoteRow
 
 Row = dict[str, Any]
 
@@ -58,14 +59,13 @@ def history(conv: ConversationData, parent_id: int) -> tuple[list[dict[str, str]
 
 def candidates(conv: ConversationData, parent_id: int) -> list[TurnRow]:
     """The sampled replies to a user turn that finished, in slot order (A, B, …)."""
-    parent = conv.turns[parent_id]
-    return [t for t in parent.children if not t.is_rewrite and t.status == "done"]
+    return finished_candidates(conv.turns[parent_id].children)
 
 
 def vote_value(conv: ConversationData, vote: VoteRow) -> str:
     """A vote as a value comparable across raters: the chosen slot letter, 'tie' or 'all_bad'."""
     if vote.choice == "candidate" and vote.chosen_id in conv.turns:
-        return chr(ord("A") + conv.turns[vote.chosen_id].position)
+        return slot_letter(conv.turns[vote.chosen_id].position)
     return vote.choice
 
 
@@ -302,52 +302,13 @@ def sibling_ranks(conv: ConversationData) -> dict[int, int]:
 
 
 def tree_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
+    """The whole conversation as one record: every branch, not only the pairs a vote made."""
     models = {t.model for t in conv.turns.values() if t.role == "assistant"}
     if not conversation_kept(conv, sel) or not sel.keeps_models(*models):
         return
     lived = [t.id for t in conv.lived_path()]
     on_path = set(lived)
     ranks = sibling_ranks(conv)
-    turns = []
-    for t in conv.turns.values():
-        turns.append(
-            {
-                "turn_id": t.id,
-                "parent_id": t.parent_id,
-                "role": t.role,
-                "depth": t.depth,
-                "position": t.position,
-                "text": t.text,
-                "status": t.status,
-                "error": t.error,
-                "model": t.model,
-                "system_prompt": t.system_prompt,
-                "params": json.dumps(t.params, sort_keys=True) if t.params else None,
-                "seed": t.seed,
-                "is_rewrite": t.is_rewrite,
-                "rewrite_of": t.rewrite_of_id,
-                "on_lived_path": t.id in on_path,
-                "rank": ranks.get(t.id),
-                "tags": [
-                    {
-                        "label": tag.label,
-                        "kind": tag.kind,
-                        "rater": tag.rater,
-                        "task": tag.task,
-                        "source": tag.source,
-                        "span_start": tag.span_start,
-                        "span_end": tag.span_end,
-                        "linked_turn_id": tag.linked_turn_id,
-                    }
-                    for tag in conv.tags.get(t.id, ())
-                ],
-                "prompt_tokens": t.prompt_tokens,
-                "completion_tokens": t.completion_tokens,
-                "created_at": iso(t.created_at),
-                "first_token_ms": _ms(t.started_at, t.first_token_at),
-                "generation_ms": _ms(t.started_at, t.finished_at),
-            }
-        )
     yield {
         "study": conv.study,
         "conversation_id": conv.id,
@@ -362,24 +323,69 @@ def tree_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
             "comment": conv.outcome_comment,
         },
         "lived_path": lived,
-        "turns": turns,
-        "votes": [
-            {
-                "comparison_id": v.id,
-                "parent_id": v.parent_id,
-                "task": v.task,
-                "rater": v.rater,
-                "choice": v.choice,
-                "chosen_id": v.chosen_id,
-                "continued_from_id": v.continued_from_id,
-                "strength": v.strength,
-                "reason": v.reason,
-                "decision_ms": v.decision_ms,
-                "created_at": iso(v.created_at),
-            }
-            for v in conv.votes
-            if sel.keeps_vote(v)
-        ],
+        "turns": [_tree_turn(conv, t, on_path=t.id in on_path, rank=ranks.get(t.id)) for t in conv.turns.values()],
+        "votes": [_tree_vote(v) for v in conv.votes if sel.keeps_vote(v)],
+    }
+
+
+def _tree_turn(conv: ConversationData, t: TurnRow, *, on_path: bool, rank: int | None) -> Row:
+    """One turn of a tree record, with everything known about how it was generated and judged
+    (the tree format is the one that keeps it all)."""
+    return {
+        "turn_id": t.id,
+        "parent_id": t.parent_id,
+        "role": t.role,
+        "depth": t.depth,
+        "position": t.position,
+        "text": t.text,
+        "status": t.status,
+        "error": t.error,
+        "model": t.model,
+        "system_prompt": t.system_prompt,
+        "params": json.dumps(t.params, sort_keys=True) if t.params else None,
+        "seed": t.seed,
+        "is_rewrite": t.is_rewrite,
+        "rewrite_of": t.rewrite_of_id,
+        "on_lived_path": on_path,
+        "rank": rank,
+        "tags": [_tree_tag(tag) for tag in conv.tags.get(t.id, ())],
+        "prompt_tokens": t.prompt_tokens,
+        "completion_tokens": t.completion_tokens,
+        "created_at": iso(t.created_at),
+        "first_token_ms": _ms(t.started_at, t.first_token_at),
+        "generation_ms": _ms(t.started_at, t.finished_at),
+    }
+
+
+def _tree_tag(tag: TagRow) -> Row:
+    """A confirmed tag as the tree format lists it: who put it, where, and what it points at."""
+    return {
+        "label": tag.label,
+        "kind": tag.kind,
+        "rater": tag.rater,
+        "task": tag.task,
+        "source": tag.source,
+        "span_start": tag.span_start,
+        "span_end": tag.span_end,
+        "linked_turn_id": tag.linked_turn_id,
+    }
+
+
+def _tree_vote(v: VoteRow) -> Row:
+    """A vote as the tree format lists it: the raw judgement, for readers who weigh votes
+    their own way."""
+    return {
+        "comparison_id": v.id,
+        "parent_id": v.parent_id,
+        "task": v.task,
+        "rater": v.rater,
+        "choice": v.choice,
+        "chosen_id": v.chosen_id,
+        "continued_from_id": v.continued_from_id,
+        "strength": v.strength,
+        "reason": v.reason,
+        "decision_ms": v.decision_ms,
+        "created_at": iso(v.created_at),
     }
 
 
@@ -441,7 +447,7 @@ def multiturn_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
             {"k": k, "turn_index": t + k, "value": feedback[t - 1 + k][0], "labels": feedback[t - 1 + k][1]}
             for k in range(total - t + 1)
         ]
-        feedback_return = sum(gamma ** f["k"] * f["value"] for f in future)
+        feedback_return = sum(gamma**k * feedback[t - 1 + k][0] for k in range(total - t + 1))
         outcome_term = gamma ** (total - t) * outcome if outcome is not None else 0.0
         grounding = sorted({tag.label for tag in conv.tags.get(reply.id, ()) if tag.kind == "grounding"})
         yield {

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ from psycopg.adapt import Loader
 from psycopg.postgres import types as postgres_types
 from psycopg.pq import Format
 
+from annotate import tree
 from annotate.models import Comparison, Conversation, Study, Turn
 from labeling.models import Label, Tag
 from labeling.selectors import labels_for
@@ -167,23 +168,12 @@ class ConversationData:
     memo: dict[Any, Any] = field(default_factory=dict)
 
     def lived_path(self) -> list[TurnRow]:
-        path: list[TurnRow] = []
-        tip = self.head_id
-        while tip is not None and tip in self.turns:
-            path.append(self.turns[tip])
-            tip = self.turns[tip].parent_id
-        path.reverse()
-        return path
+        """Root → the conversation's head: the branch the rater actually continued."""
+        return tree.path_to(self.turns, self.head_id)
 
     def path_to(self, turn_id: int) -> list[TurnRow]:
         """Root → `turn_id`, both included."""
-        path: list[TurnRow] = []
-        tip: int | None = turn_id
-        while tip is not None:
-            path.append(self.turns[tip])
-            tip = self.turns[tip].parent_id
-        path.reverse()
-        return path
+        return tree.path_to(self.turns, turn_id)
 
     def votes_on(self, parent_id: int) -> list[VoteRow]:
         by_parent = self.memo.get("votes")
@@ -235,7 +225,7 @@ def _rows(qs: Any) -> list[tuple[Any, ...]]:
         return list(qs)
     sql, params = qs.query.get_compiler(connection=connection).as_sql()
     with connection.cursor() as cursor:
-        cursor.cursor.adapters.register_loader(_TIMESTAMPTZ, _TIMESTAMPTZ_LOADER)  # type: ignore[arg-type]
+        cursor.cursor.adapters.register_loader(_TIMESTAMPTZ, _TIMESTAMPTZ_LOADER)
         cursor.cursor.adapters.register_loader("jsonb", _JsonLoader)
         cursor.execute(sql, params)
         return list(cursor.fetchall())
@@ -246,7 +236,7 @@ _Item = TypeVar("_Item")
 Span = tuple[int, int | None]
 
 
-def _read_ahead(produce: Callable[[], Iterator[_Item]]) -> Iterator[_Item]:
+def _read_ahead(produce: Callable[[], Iterator[_Item]]) -> Generator[_Item, None, None]:
     """The items of `produce()`, made one ahead of the consumer in a thread of their own.
 
     The thread opens its own database connection (Django's are per thread) and closes it when
@@ -342,7 +332,7 @@ class Selection:
     def count(self) -> int:
         return self.conversations().count()
 
-    def chunks(self, *, size: int) -> Iterator[list[ConversationData]]:
+    def chunks(self, *, size: int) -> Generator[list[ConversationData], None, None]:
         """The selected conversations in id order, `size` at a time, fully loaded.
 
         Where `concurrent_reads` allows, the next chunk is read by a thread with its own
@@ -353,7 +343,7 @@ class Selection:
             return _read_ahead(lambda: self._chunks(size))
         return self._chunks(size)
 
-    def _chunks(self, size: int) -> Iterator[list[ConversationData]]:
+    def _chunks(self, size: int) -> Generator[list[ConversationData], None, None]:
         last = 0
         while True:
             rows = _rows(
@@ -372,6 +362,18 @@ class Selection:
             yield self._load(rows)
 
     def _load(self, rows: list[tuple[Any, ...]]) -> list[ConversationData]:
+        """One chunk, fully loaded: its conversations, then their turns, votes and tags, one
+        flat query each (see the module docstring)."""
+        by_id = self._load_conversations(rows)
+        ids = list(by_id)
+        self._load_turns(by_id, ids)
+        self._load_votes(by_id, ids)
+        self._load_tags(by_id)
+        return list(by_id.values())
+
+    def _load_conversations(self, rows: list[tuple[Any, ...]]) -> dict[int, ConversationData]:
+        """The chunk's conversations by id, from `_chunks`' rows, still without turns, votes or
+        tags; by id so that the flat queries below can hand each row to its conversation."""
         slug = self.study.slug
         by_id: dict[int, ConversationData] = {}
         for cid, ext, title, brief, intent, rater_id, status, head, goal, und, comment, started, ended in rows:
@@ -390,7 +392,14 @@ class Selection:
                 started_at=started,
                 ended_at=ended,
             )
-        ids = list(by_id)
+        return by_id
+
+    def _load_turns(self, by_id: dict[int, ConversationData], ids: list[int]) -> None:
+        """Every turn of the chunk, linked to its parent's `children`.
+
+        Read by depth, then slot position: a parent is always met before its children, and
+        siblings are appended in slot order (A, B, …), the order the formats rely on.
+        """
         columns = ("conversation_id", *_TURN_COLUMNS, *(_TURN_DETAILS if self.details else ()))
         turns = Turn.objects.filter(conversation_id__in=ids).order_by("conversation_id", "depth", "position", "id")
         model_names = self.model_names
@@ -404,9 +413,12 @@ class Selection:
             model = model_names.get(model_id)
             turn = TurnRow(tid, parent, role, position, text, status, model, system, rewrite, *details)
             conv_turns[tid] = turn
-            parent_turn = conv_turns.get(parent)  # type: ignore[arg-type]
+            parent_turn = conv_turns.get(parent)
             if parent_turn is not None:
                 parent_turn.children.append(turn)
+
+    def _load_votes(self, by_id: dict[int, ConversationData], ids: list[int]) -> None:
+        """Every vote of the chunk, by branch point and then in the order they were cast."""
         votes = Comparison.objects.filter(conversation_id__in=ids).order_by("conversation_id", "parent_id", "id")
         vote_fields = (
             "conversation_id", "id", "parent_id", "task", "choice", "chosen_id", "continued_from_id", "strength",
@@ -419,9 +431,14 @@ class Selection:
             by_id[cid].votes.append(
                 VoteRow(vid, parent, task, choice, chosen, cont, strength, reason, ms, *rater(rater_id), created)
             )
+
+    def _load_tags(self, by_id: dict[int, ConversationData]) -> None:
+        """The confirmed tags on the chunk's turns, with their label from the study's taxonomy.
+
+        Read by the range of the chunk's turn ids, through the tag's turn index and without a
+        join; tags of other conversations' turns in that range are skipped here.
+        """
         labels = {label.pk: label for label in self.labels}
-        # The chunk's tags by the range of its turn ids, through the tag's turn index and without
-        # a join; tags of other conversations' turns in that range are skipped below.
         owner = {tid: conv for conv in by_id.values() for tid in conv.turns}
         tags = Tag.objects.filter(
             turn_id__gte=min(owner, default=0), turn_id__lte=max(owner, default=0), status=Tag.Status.CONFIRMED
@@ -429,6 +446,7 @@ class Selection:
         tag_fields = (
             "turn_id", "label_id", "rater_id", "task", "source", "span_start", "span_end", "linked_turn_id",
         )  # fmt: skip
+        rater = self._rater
         for turn_id, label_id, rater_id, task, source, start, end, linked in _rows(tags.values_list(*tag_fields)):
             label = labels.get(label_id)
             conv = owner.get(turn_id)
@@ -448,7 +466,6 @@ class Selection:
                     linked,
                 )  # fmt: skip
             )
-        return list(by_id.values())
 
     def _rater(self, user_id: int) -> tuple[str, str]:
         """(pseudonym, username) of a user; one query for a user who is neither a rater nor a

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -24,7 +24,7 @@ from exports.models import DatasetExport
 from exports.selection import ExportParams, selection_open
 
 
-def export_request(*, params: ExportParams, requested_by: AbstractBaseUser | None) -> DatasetExport:
+def export_request(*, params: ExportParams, requested_by: User | None) -> DatasetExport:
     """Check the parameters now (so the researcher sees a mistake at once) and queue the export."""
     selection = selection_open(params, refuse=lambda message: ActionRefused(message, status=400))
     if selection.count() == 0:

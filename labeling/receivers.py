@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 
 from annotate.models import Conversation, Turn
 from core.errors import ActionRefused
@@ -17,9 +17,7 @@ from labeling.suggestions import suggest_for_turn
 log = logging.getLogger(__name__)
 
 
-def refuse_untagged_vote(
-    *, conversation: Conversation, rater: AbstractBaseUser, candidates: list[Turn], **_: Any
-) -> None:
+def refuse_untagged_vote(*, conversation: Conversation, rater: User, candidates: list[Turn], **_: Any) -> None:
     """A study with `tags_required_before_vote` takes the vote only once every reply is tagged."""
     if not conversation.study.tags_required_before_vote:
         return

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
+from django.contrib.auth.models import User
 from django.db.models import Count, QuerySet
 
+from annotate import tree
 from annotate.models import Comparison, Conversation, Study, Turn
 from annotate.selectors import lived_path
 from labeling.models import Label, ReviewAssignment, Tag, Taxonomy
@@ -26,7 +28,7 @@ def labels_for(study: Study) -> list[Label]:
     return list(taxonomy.labels.all()) if taxonomy is not None else []
 
 
-def tags_by_turn(*, turn_ids: Iterable[int], rater: object, task: str) -> dict[int, list[Tag]]:
+def tags_by_turn(*, turn_ids: Iterable[int], rater: User, task: str) -> dict[int, list[Tag]]:
     """The rater's tags (confirmed and pending suggestions) on these turns, by turn id."""
     found: dict[int, list[Tag]] = defaultdict(list)
     tags = (
@@ -42,19 +44,21 @@ def tags_by_turn(*, turn_ids: Iterable[int], rater: object, task: str) -> dict[i
 # --- review pass ---------------------------------------------------------------------------
 
 
-def reviewable_conversations(*, study: Study, rater: object) -> QuerySet[Conversation]:
+def reviewable_conversations(*, study: Study, rater: User) -> QuerySet[Conversation]:
     """Finished conversations of the study this rater may still claim: not their own, not reviewed
-    by them, and reviewed by fewer than `study.review_overlap` raters. Annotated with `n_reviews`."""
+    by them, and reviewed by fewer than `study.review_overlap` raters. Least reviewed first, then the
+    longest finished, so a claim spreads reviews evenly."""
     return (
         Conversation.objects.filter(study=study, status=Conversation.Status.COMPLETED)
         .exclude(rater=rater)
         .exclude(reviews__rater=rater)
         .annotate(n_reviews=Count("reviews", distinct=True))
         .filter(n_reviews__lt=study.review_overlap)
+        .order_by("n_reviews", "ended_at", "pk")
     )
 
 
-def review_overview(rater: object) -> list[dict[str, object]]:
+def review_overview(rater: User) -> list[dict[str, object]]:
     """Studies where the rater has review work: conversations left to claim and their open review."""
     studies = Study.objects.filter(review_overlap__gt=0, conversations__status=Conversation.Status.COMPLETED)
     rows = []
@@ -68,7 +72,7 @@ def review_overview(rater: object) -> list[dict[str, object]]:
     return rows
 
 
-def rater_reviews(rater: object) -> QuerySet[ReviewAssignment]:
+def rater_reviews(rater: User) -> QuerySet[ReviewAssignment]:
     return ReviewAssignment.objects.filter(rater=rater).select_related("conversation__study", "conversation__scenario")
 
 
@@ -81,29 +85,33 @@ def review_turns(conversation: Conversation, *, all_branches: bool) -> list[Turn
     path = lived_path(conversation)
     if not all_branches:
         return path
-    replies: dict[int, list[Turn]] = defaultdict(list)
-    for turn in conversation.turns.filter(role=Turn.Role.ASSISTANT).select_related("model_config"):
-        replies[turn.parent_id or 0].append(turn)
+    replies = tree.replies_by_parent(conversation.turns.filter(role=Turn.Role.ASSISTANT).select_related("model_config"))
     ordered: list[Turn] = []
     for turn in path:
         if turn.role == Turn.Role.USER:
             ordered.append(turn)
-            ordered.extend(sorted(replies[turn.pk], key=lambda t: (t.position, t.pk)))
+            ordered.extend(replies.get(turn.pk, []))
     return ordered
 
 
-def review_vote_steps(*, conversation: Conversation, rater: object, path: list[Turn]) -> dict[int, dict[str, object]]:
+def compared_replies(user_turns: Iterable[Turn]) -> dict[int, list[Turn]]:
+    """What a vote on each of these user turns compares, by user turn id: its finished candidates in slot
+    order (`tree.finished_candidates`). One query, whether for a review page or for a single vote."""
+    ids = [turn.pk for turn in user_turns]
+    replies = tree.replies_by_parent(Turn.objects.filter(parent_id__in=ids, role=Turn.Role.ASSISTANT))
+    return {pk: tree.finished_candidates(replies.get(pk, [])) for pk in ids}
+
+
+def review_vote_steps(*, conversation: Conversation, rater: User, path: list[Turn]) -> dict[int, dict[str, object]]:
     """The branch points a reviewer votes on, by user turn id: each user turn of the lived `path` with
-    at least two finished replies (as labeling.services.review_candidates), and the reviewer's vote."""
-    replies: dict[int, list[Turn]] = defaultdict(list)
-    finished = conversation.turns.filter(role=Turn.Role.ASSISTANT, is_rewrite=False, status=Turn.Status.DONE)
-    for turn in finished.order_by("position", "pk"):
-        replies[turn.parent_id or 0].append(turn)
+    at least two replies to compare (`compared_replies`), and the reviewer's vote."""
+    user_turns = [turn for turn in path if turn.role == Turn.Role.USER]
+    candidates = compared_replies(user_turns)
     votes = Comparison.objects.filter(conversation=conversation, rater=rater, task=Comparison.Task.REVIEW)
     by_parent = {vote.parent_id: vote for vote in votes}
     on_path = {t.pk for t in path}
     return {
-        turn.pk: {"parent": turn, "candidates": replies[turn.pk], "vote": by_parent.get(turn.pk), "on_path": on_path}
-        for turn in path
-        if turn.role == Turn.Role.USER and len(replies[turn.pk]) >= 2
+        turn.pk: {"parent": turn, "candidates": candidates[turn.pk], "vote": by_parent.get(turn.pk), "on_path": on_path}
+        for turn in user_turns
+        if len(candidates[turn.pk]) >= 2
     }

@@ -7,16 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
 from annotate.models import Comparison, Conversation, Study, Turn
-from annotate.selectors import candidates_of
 from annotate.services import comparison_clean
 from core.errors import ActionRefused
 from labeling.models import Label, ReviewAssignment, Tag, Taxonomy
-from labeling.selectors import DEFAULT_TAXONOMY_SLUG, reviewable_conversations, taxonomy_for
+from labeling.selectors import DEFAULT_TAXONOMY_SLUG, compared_replies, reviewable_conversations, taxonomy_for
 
 DEFAULT_TAXONOMY_FILE = Path(__file__).parent / "default_taxonomy.yaml"
 LABEL_FIELDS = ("name", "title", "kind", "definition", "examples", "roles", "takes_span", "links_turn", "polarity",
@@ -89,7 +88,7 @@ def default_taxonomy() -> Taxonomy:
 # --- tags ----------------------------------------------------------------------------------
 
 
-def _taggable_turn(*, rater: AbstractBaseUser, turn_id: int, task: str) -> Turn:
+def _taggable_turn(*, rater: User, turn_id: int, task: str) -> Turn:
     """The turn, if this rater may tag it in this task; 404 otherwise (as for any foreign id)."""
     turn = Turn.objects.select_related("conversation__study").filter(pk=turn_id).first()
     if turn is None:
@@ -147,7 +146,7 @@ def _link(label: Label, turn: Turn, linked_turn_id: int | None) -> Turn | None:
 @transaction.atomic
 def tag_add(
     *,
-    rater: AbstractBaseUser,
+    rater: User,
     turn_id: int,
     label: int | str,
     task: str = Tag.Task.LIVE,
@@ -177,7 +176,7 @@ def tag_add(
     return tag
 
 
-def _own_tag(rater: AbstractBaseUser, tag_id: int) -> Tag:
+def _own_tag(rater: User, tag_id: int) -> Tag:
     tag = Tag.objects.select_related("turn__conversation").filter(pk=tag_id, rater=rater).first()
     if tag is None:
         raise ActionRefused("No such tag.", status=404)
@@ -186,7 +185,7 @@ def _own_tag(rater: AbstractBaseUser, tag_id: int) -> Tag:
 
 
 @transaction.atomic
-def tag_remove(*, rater: AbstractBaseUser, tag_id: int) -> None:
+def tag_remove(*, rater: User, tag_id: int) -> None:
     """Remove the rater's own tag (a suggestion is rejected instead, so acceptance can be measured)."""
     tag = _own_tag(rater, tag_id)
     if tag.source == Tag.Source.SUGGESTION:
@@ -196,7 +195,7 @@ def tag_remove(*, rater: AbstractBaseUser, tag_id: int) -> None:
 
 
 @transaction.atomic
-def suggestion_decide(*, rater: AbstractBaseUser, tag_id: int, accept: bool) -> Tag:
+def suggestion_decide(*, rater: User, tag_id: int, accept: bool) -> Tag:
     """Confirm or reject a suggested tag. Deciding again with the same answer changes nothing."""
     tag = _own_tag(rater, tag_id)
     if tag.source != Tag.Source.SUGGESTION:
@@ -207,7 +206,7 @@ def suggestion_decide(*, rater: AbstractBaseUser, tag_id: int, accept: bool) -> 
     return tag
 
 
-def untagged_candidates(*, rater: AbstractBaseUser, candidates: list[Turn]) -> list[Turn]:
+def untagged_candidates(*, rater: User, candidates: list[Turn]) -> list[Turn]:
     """Candidates without any confirmed live tag from the rater (for studies that require tags)."""
     tagged = set(
         Tag.objects.filter(
@@ -221,7 +220,7 @@ def untagged_candidates(*, rater: AbstractBaseUser, candidates: list[Turn]) -> l
 
 
 @transaction.atomic
-def review_claim(*, rater: AbstractBaseUser, study: Study) -> ReviewAssignment:
+def review_claim(*, rater: User, study: Study) -> ReviewAssignment:
     """The rater's open review in the study, or a new one on the least-reviewed finished conversation.
 
     Claims are serialised per study (the study row is locked), so two raters claiming at once
@@ -233,14 +232,14 @@ def review_claim(*, rater: AbstractBaseUser, study: Study) -> ReviewAssignment:
     if open_review is not None:
         return open_review
     Study.objects.select_for_update().filter(pk=study.pk).first()
-    conversation = reviewable_conversations(study=study, rater=rater).order_by("n_reviews", "ended_at", "pk").first()
+    conversation = reviewable_conversations(study=study, rater=rater).first()
     if conversation is None:
         raise ActionRefused("Nothing left to review in this study. Thank you!", status=409)
     return ReviewAssignment.objects.create(conversation=conversation, rater=rater)
 
 
 @transaction.atomic
-def review_finish(*, rater: AbstractBaseUser, assignment_id: int) -> ReviewAssignment:
+def review_finish(*, rater: User, assignment_id: int) -> ReviewAssignment:
     """Mark the rater's review as done. Finishing twice is harmless; anyone else's review is a 404."""
     assignment = ReviewAssignment.objects.select_for_update().filter(pk=assignment_id, rater=rater).first()
     if assignment is None:
@@ -252,15 +251,10 @@ def review_finish(*, rater: AbstractBaseUser, assignment_id: int) -> ReviewAssig
     return assignment
 
 
-def review_candidates(parent: Turn) -> list[Turn]:
-    """The replies a reviewer compares for a user turn: its finished candidates (rewrites and failures left out)."""
-    return [c for c in candidates_of(parent) if c.status == Turn.Status.DONE]
-
-
 @transaction.atomic
 def review_vote(
     *,
-    rater: AbstractBaseUser,
+    rater: User,
     assignment_id: int,
     parent_id: int,
     choice: str,
@@ -296,7 +290,7 @@ def review_vote(
         raise ActionRefused("No such message in the conversation you are reviewing.", status=404)
     if parent.role != Turn.Role.USER:
         raise ActionRefused("Votes compare the replies to a user message; this turn is a reply.")
-    candidates = review_candidates(parent)
+    candidates = compared_replies([parent])[parent.pk]
     if len(candidates) < 2:
         raise ActionRefused("This message has fewer than two finished replies: there is nothing to compare.")
     chosen, strength, reason = comparison_clean(

@@ -1,4 +1,5 @@
-"""Shared fixtures: factories, a tiny random model, and real worker / web server processes.
+"""Shared fixtures: factories, a tiny random model, and real worker / web server processes
+(plain helpers are in tests/helpers.py and tests/processes.py).
 
 Processes started here talk to the same test database as the test (through DATABASE_URL), so
 tests that use them take `transactional_db`: what the test writes is committed and visible.
@@ -7,24 +8,18 @@ tests that use them take `transactional_db`: what the test writes is committed a
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 
 from annotate.models import Conversation, Scenario, Study
+from tests.helpers import child_env
+from tests.processes import ChildProcess, free_port
 from workers.models import ModelConfig
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 # --- the database as migrations leave it ------------------------------------------------------
 
@@ -141,81 +136,6 @@ def tiny_config(tiny_model_dir: Path, make_config: Callable[..., ModelConfig]) -
 
 
 # --- real processes ------------------------------------------------------------------------
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float = 120.0, every: float = 0.05, what: str = "condition"
-) -> Any:
-    """Poll until `predicate` returns something truthy, and return it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{what}: not met in {timeout}s")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_database_url() -> str:
-    """DATABASE_URL of the test database pytest-django created (for child processes)."""
-    db = settings.DATABASES["default"]
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=test_database_url(),
-        MODEL_CACHE_DIR=str(settings.MODEL_CACHE_DIR),
-        TURN_LEASE_SECONDS=str(settings.TURN_LEASE_SECONDS),
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
-
-
-class ChildProcess:
-    """A subprocess whose output goes to a log file we can wait on and show on failure."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            argv, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.output():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"{self.name} did not print {text!r} in {timeout}s:\n{self.output()[-4000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture

@@ -39,6 +39,8 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
+from workers.params import generation_params, stop_strings
+
 log = logging.getLogger(__name__)
 
 # Called with the full visible text so far; returns False when the caller wants generation to stop.
@@ -251,7 +253,8 @@ class TransformersBackend:
 
         model, tokenizer = load_transformers(self.model_path, self.gguf_file)
         prompt, templated = self.build_prompt(tokenizer, request)
-        stops = [s for s in request.params.get("stop") or [] if s] + ([] if templated else list(PLAIN_STOPS))
+        params = generation_params(request.params)
+        stops = [s for s in stop_strings(params) if s] + ([] if templated else list(PLAIN_STOPS))
         inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
         streamer = _Streamer(tokenizer, on_text, stops)
 
@@ -259,19 +262,18 @@ class TransformersBackend:
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 return torch.full((input_ids.shape[0],), streamer.should_stop, dtype=torch.bool)
 
-        params = request.params
-        temperature = float(params.get("temperature", 0.8))
+        temperature = float(params["temperature"])
         torch.manual_seed(request.seed)
         with torch.inference_mode():
             model.generate(
                 **inputs,
-                max_new_tokens=int(params.get("max_new_tokens", 96)),
-                min_new_tokens=int(params.get("min_new_tokens", 0)) or None,
+                max_new_tokens=int(params["max_new_tokens"]),
+                min_new_tokens=int(params["min_new_tokens"]) or None,
                 do_sample=temperature > 0,
                 temperature=temperature if temperature > 0 else None,
-                top_p=float(params.get("top_p", 1.0)) if temperature > 0 else None,
+                top_p=float(params["top_p"]) if temperature > 0 else None,
                 top_k=None,
-                repetition_penalty=float(params.get("repetition_penalty", 1.0)),
+                repetition_penalty=float(params["repetition_penalty"]),
                 streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([_StopFlag()]),
                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
@@ -295,7 +297,7 @@ class OpenAIBackend:
         self.timeout = timeout
 
     def generate(self, request: GenerationRequest, on_text: OnText) -> GenerationResult:
-        params = request.params
+        params = generation_params(request.params)
         messages = list(request.messages)
         if request.system_prompt:
             messages = [{"role": "system", "content": request.system_prompt}, *messages]
@@ -303,13 +305,14 @@ class OpenAIBackend:
             "model": self.model,
             "messages": messages,
             "stream": True,
-            "temperature": float(params.get("temperature", 0.8)),
-            "top_p": float(params.get("top_p", 1.0)),
-            "max_tokens": int(params.get("max_new_tokens", 96)),
+            "temperature": float(params["temperature"]),
+            "top_p": float(params["top_p"]),
+            "max_tokens": int(params["max_new_tokens"]),
             "seed": request.seed,
         }
-        if params.get("stop"):
-            body["stop"] = list(params["stop"])
+        stops = stop_strings(params)
+        if stops:
+            body["stop"] = stops
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if self.api_key_env and os.environ.get(self.api_key_env):
             headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"

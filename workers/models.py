@@ -7,14 +7,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models
 
-# Generation parameters a config may set, with the defaults used when it does not.
-DEFAULT_PARAMS: dict[str, Any] = {
-    "temperature": 0.8,
-    "top_p": 0.95,
-    "max_new_tokens": 96,
-    "min_new_tokens": 0,
-    "repetition_penalty": 1.0,
-}
+from workers.params import DEFAULT_PARAMS, PARAM_NAMES, generation_params
 
 
 class ModelConfig(models.Model):
@@ -60,7 +53,7 @@ class ModelConfig(models.Model):
         return self.name
 
     def clean(self) -> None:
-        unknown = set(self.params or {}) - set(DEFAULT_PARAMS) - {"stop"}
+        unknown = set(self.params or {}) - PARAM_NAMES
         if unknown:
             raise ValidationError({"params": f"Unknown parameters: {', '.join(sorted(unknown))}"})
         if self.backend == self.Backend.OPENAI and not self.base_url:
@@ -70,4 +63,4 @@ class ModelConfig(models.Model):
 
     def effective_params(self) -> dict[str, Any]:
         """Defaults overlaid with this config's parameters: the snapshot stored on each turn."""
-        return {**DEFAULT_PARAMS, **(self.params or {})}
+        return generation_params(self.params)

@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -18,13 +18,13 @@ from django.views.decorators.http import require_GET, require_POST
 from annotate import selectors as annotate_selectors
 from annotate.models import Comparison, Study, Turn
 from core.errors import ActionRefused
-from core.http import answers_refusals, refused_fragment, refused_page
+from core.http import AppRequest, answers_refusals, refused_fragment, refused_page
 from core.validation import parse_int, parse_request_key
 from labeling import selectors, services
 from labeling.models import ReviewAssignment, Tag
 
 
-def _assignment_for(request: HttpRequest, pk: int) -> ReviewAssignment:
+def _assignment_for(request: AppRequest, pk: int) -> ReviewAssignment:
     """The rater's own review, or 404 for anyone else's (no hint that it exists)."""
     return get_object_or_404(
         ReviewAssignment.objects.select_related("conversation__study", "conversation__scenario"),
@@ -35,7 +35,7 @@ def _assignment_for(request: HttpRequest, pk: int) -> ReviewAssignment:
 
 @login_required
 @require_GET
-def review_home(request: HttpRequest) -> HttpResponse:
+def review_home(request: AppRequest) -> HttpResponse:
     return render(
         request,
         "labeling/review_home.html",
@@ -46,7 +46,7 @@ def review_home(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals
-def review_next(request: HttpRequest, slug: str) -> HttpResponse:
+def review_next(request: AppRequest, slug: str) -> HttpResponse:
     study = get_object_or_404(Study, slug=slug)
     assignment = services.review_claim(rater=request.user, study=study)
     return redirect("labeling:review_detail", pk=assignment.pk)
@@ -54,7 +54,7 @@ def review_next(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def review_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def review_detail(request: AppRequest, pk: int) -> HttpResponse:
     assignment = _assignment_for(request, pk)
     conversation = assignment.conversation
     study = conversation.study
@@ -104,7 +104,7 @@ def _vote_context(assignment: ReviewAssignment, step: dict[str, Any], error: str
 
 @login_required
 @require_POST
-def review_vote(request: HttpRequest, pk: int) -> HttpResponse:
+def review_vote(request: AppRequest, pk: int) -> HttpResponse:
     """Save the reviewer's vote on one user turn's replies; htmx gets the vote form back."""
     post = request.POST
     choice = post.get("choice", "")
@@ -149,6 +149,6 @@ def review_vote(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals
-def review_done(request: HttpRequest, pk: int) -> HttpResponse:
+def review_done(request: AppRequest, pk: int) -> HttpResponse:
     services.review_finish(rater=request.user, assignment_id=pk)
     return redirect("labeling:review_home")

@@ -8,26 +8,27 @@ redirected back to the page they came from.
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
+from annotate import tree
 from annotate.models import Turn
 from core.errors import ActionRefused
-from core.http import answers_refusals
+from core.http import AppRequest, answers_refusals
 from core.validation import parse_int
 from labeling import selectors, services
 from labeling.models import Tag
 
 
-def _param(request: HttpRequest, name: str) -> str | None:
+def _param(request: AppRequest, name: str) -> str | None:
     # Buttons inside another form (the vote form) post that form, with turn and task in the query.
     value = request.POST.get(name)
     return value if value not in (None, "") else request.GET.get(name)
 
 
-def _int(request: HttpRequest, name: str) -> int | None:
+def _int(request: AppRequest, name: str) -> int | None:
     return parse_int(_param(request, name), name=name)
 
 
@@ -43,16 +44,10 @@ def _text_offset(text: str, shown: int | None) -> int | None:
 def _turns_above(turn: Turn) -> list[Turn]:
     """The path from the first message down to the turn's parent: what a tag on it may link to."""
     above = Turn.objects.filter(conversation_id=turn.conversation_id, depth__lt=turn.depth)
-    by_id = {t.pk: t for t in above.only("id", "parent_id", "role", "depth", "text")}
-    chain: list[Turn] = []
-    parent = by_id.get(turn.parent_id or 0)
-    while parent is not None:
-        chain.append(parent)
-        parent = by_id.get(parent.parent_id or 0)
-    return chain[::-1]
+    return tree.path_to({t.pk: t for t in above.only("id", "parent_id", "role", "depth", "text")}, turn.parent_id)
 
 
-def _tag_bar(request: HttpRequest, turn: Turn, task: str) -> HttpResponse:
+def _tag_bar(request: AppRequest, turn: Turn, task: str) -> HttpResponse:
     context = {
         "turn": turn,
         "task": task,
@@ -69,7 +64,7 @@ def _tag_bar(request: HttpRequest, turn: Turn, task: str) -> HttpResponse:
     return render(request, "labeling/_tag_bar.html", context)
 
 
-def _respond(request: HttpRequest, turn: Turn, task: str) -> HttpResponse:
+def _respond(request: AppRequest, turn: Turn, task: str) -> HttpResponse:
     if request.htmx:
         return _tag_bar(request, turn, task)
     back = request.headers.get("referer", "")
@@ -83,7 +78,7 @@ def _respond(request: HttpRequest, turn: Turn, task: str) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals
-def tag_add(request: HttpRequest) -> HttpResponse:
+def tag_add(request: AppRequest) -> HttpResponse:
     task = _param(request, "task") or Tag.Task.LIVE
     turn_id = _int(request, "turn")
     if turn_id is None:
@@ -108,7 +103,7 @@ def tag_add(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals
-def tag_remove(request: HttpRequest, pk: int) -> HttpResponse:
+def tag_remove(request: AppRequest, pk: int) -> HttpResponse:
     tag = Tag.objects.select_related("turn__conversation__study").filter(pk=pk, rater=request.user).first()
     if tag is None:
         raise ActionRefused("No such tag.", status=404)
@@ -119,7 +114,7 @@ def tag_remove(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals
-def suggestion_decide(request: HttpRequest, pk: int) -> HttpResponse:
+def suggestion_decide(request: AppRequest, pk: int) -> HttpResponse:
     answer = _param(request, "accept")
     if answer not in ("1", "0"):
         raise ActionRefused("Say whether to accept (accept=1) or reject (accept=0) the suggestion.")

@@ -8,7 +8,8 @@ import urllib.request
 
 import psutil
 
-from tests.conftest import ChildProcess, child_env, free_port
+from tests.helpers import child_env
+from tests.processes import ChildProcess, free_port
 
 
 def test_serve_starts_web_and_worker_and_ctrl_c_stops_both(transactional_db, broker_url, tmp_path):

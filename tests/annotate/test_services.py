@@ -10,29 +10,9 @@ from django.db import connection
 from annotate import selectors, services
 from annotate.models import Comparison, Conversation, Scenario, Turn
 from core.errors import ActionRefused
+from tests.helpers import choose, finish_candidates
 
 pytestmark = pytest.mark.django_db
-
-
-def finish_candidates(user_turn: Turn, texts: tuple[str, ...] = ("reply A", "reply B")) -> list[Turn]:
-    """Stand in for the worker: mark the candidates done (the worker path is tested in tests/workers)."""
-    from django.utils import timezone
-
-    candidates = selectors.candidates_of(user_turn)
-    for turn, text in zip(candidates, texts, strict=False):
-        Turn.objects.filter(pk=turn.pk).update(status=Turn.Status.DONE, text=text, finished_at=timezone.now())
-    return selectors.candidates_of(user_turn)
-
-
-def choose(conversation: Conversation, parent_id: int, **fields: object) -> Comparison:
-    """The rater's vote on the candidates answering `parent_id`, with a fresh request key."""
-    return services.comparison_record(
-        conversation=conversation,
-        rater=conversation.rater,
-        parent_id=parent_id,
-        idempotency_key=uuid.uuid4(),
-        **fields,  # type: ignore[arg-type]
-    )
 
 
 def test_message_creates_k_pending_candidates_and_enqueues_on_commit(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from annotate import services
 from annotate.models import Turn
-from tests.conftest import wait_until
+from tests.processes import wait_until
 
 
 def test_message_is_sampled_by_a_real_worker(start_worker, tiny_config, make_study, make_conversation):

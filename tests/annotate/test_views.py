@@ -11,10 +11,9 @@ from django.urls import reverse
 
 from annotate import selectors, services
 from annotate.models import Comparison, Turn
-from tests.annotate.test_services import choose, finish_candidates
+from tests.helpers import HTMX, choose, finish_candidates
 
 pytestmark = pytest.mark.django_db
-HTMX = {"HTTP_HX_REQUEST": "true"}
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from django.utils import timezone
 from annotate import services
 from annotate.models import Comparison, Conversation, Turn
 from annotate.tasks import sample_turn_task
-from tests.conftest import wait_until
+from tests.processes import wait_until
 
 SUCCEEDED = re.compile(r"sample_turn_task\[[^]]+\] succeeded in [\d.]+s: 'done'")
 LONG = 800  # tokens: seconds of generation on the tiny model, so it is surely killed midway

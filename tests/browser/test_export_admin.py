@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from exports.models import DatasetExport
-from tests.browser.test_rater_session import PASSWORD, log_in
 from tests.exports.export_study import build_export_study
+from tests.helpers import PASSWORD, log_in
 
 pytestmark = [pytest.mark.browser]
 

@@ -15,23 +15,12 @@ import pytest
 
 from annotate import selectors, services
 from annotate.models import Comparison, Conversation, Turn
+from tests.helpers import PASSWORD, log_in
 from workers.models import ModelConfig
 
 pytestmark = [pytest.mark.browser]
 
-PASSWORD = "browser-test-pw-1"
 HOSTILE = "<img src=x onerror=alert(1)>"
-
-
-def log_in(page: Any, base_url: str, username: str, *, home: str = "/", login: str = "/accounts/login/") -> None:
-    """Open `home`, get sent to the `login` page, log in and land back on `home` (admin: "/admin/",
-    "/admin/login/")."""
-    page.goto(f"{base_url}{home}")
-    page.wait_for_url(re.compile(re.escape(login)))
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"{base_url}{home}")
 
 
 def candidate_cards(page: Any) -> list[dict[str, Any]]:

@@ -14,8 +14,7 @@ import pytest
 from annotate import services
 from annotate.models import Comparison
 from labeling.models import Tag
-from tests.annotate.test_services import choose, finish_candidates
-from tests.browser.test_rater_session import PASSWORD, log_in
+from tests.helpers import PASSWORD, choose, finish_candidates, log_in
 
 pytestmark = [pytest.mark.browser]
 

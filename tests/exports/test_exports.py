@@ -1,4 +1,4 @@
-"""Exports: golden records for every format on the fixed study (tests/labeling/export_study.py),
+"""Exports: golden records for every format on the fixed study (tests/exports/export_study.py),
 filters, reproducibility, the command line, the admin request path and failure cleanup."""
 
 from __future__ import annotations

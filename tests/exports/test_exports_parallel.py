@@ -20,8 +20,8 @@ from django.db import transaction
 from exports import build, formats
 from exports.build import ExportPartFailed, export_build
 from exports.selection import FORMATS, ExportParams, Selection
-from tests.conftest import wait_until
 from tests.exports.export_study import build_export_study
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -14,7 +14,7 @@ from annotate.models import Comparison, Conversation, Study, Turn
 from labeling import services as labeling
 from labeling.dashboard import StudyDashboard, study_dashboard
 from labeling.models import Label, ReviewAssignment, Tag
-from tests.annotate.test_services import choose, finish_candidates
+from tests.helpers import choose, finish_candidates
 
 pytestmark = pytest.mark.django_db
 

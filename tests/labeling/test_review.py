@@ -13,19 +13,9 @@ from annotate.models import Conversation, Turn
 from core.errors import ActionRefused
 from labeling import services as labeling
 from labeling.models import ReviewAssignment, Tag
-from tests.annotate.test_services import choose, finish_candidates
+from tests.helpers import finished_conversation
 
 pytestmark = pytest.mark.django_db
-
-
-def finished_conversation(study, rater, texts=("Plan a party", "For ten kids")) -> Conversation:
-    """A completed conversation: each message answered, the first reply chosen, the survey filled."""
-    conversation = services.conversation_start(study=study, rater=rater)
-    for number, text in enumerate(texts):
-        user_turn = services.message_send(conversation=conversation, text=text)
-        a, _ = finish_candidates(user_turn, (f"answer {number} A", f"answer {number} B"))
-        choose(conversation, user_turn.pk, choice="candidate", chosen_id=a.pk)
-    return services.conversation_finish(conversation=conversation, goal="yes", understanding=4)
 
 
 @pytest.fixture

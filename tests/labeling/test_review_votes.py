@@ -13,8 +13,7 @@ from annotate.models import Comparison, Conversation, Turn
 from core.errors import ActionRefused
 from labeling import services as labeling
 from labeling.models import ReviewAssignment
-from tests.annotate.test_services import choose, finish_candidates
-from tests.labeling.test_review import finished_conversation
+from tests.helpers import choose, finish_candidates, finished_conversation
 
 pytestmark = pytest.mark.django_db
 

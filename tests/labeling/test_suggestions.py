@@ -11,7 +11,7 @@ from labeling import receivers, suggestions
 from labeling import services as labeling
 from labeling.models import Tag
 from labeling.tasks import suggest_tags_task
-from tests.annotate.test_services import choose, finish_candidates
+from tests.helpers import choose, finish_candidates
 from workers.backends import GenerationResult
 
 pytestmark = pytest.mark.django_db
@@ -260,7 +260,7 @@ def test_suggestion_report_help_and_unknown_study(capsys):
 
 
 def test_real_worker_suggests_a_rephrase_offline(start_worker, make_conversation):
-    from tests.conftest import wait_until
+    from tests.processes import wait_until
 
     # Given a rater who rephrased their request (published to Redis on commit)
     conversation = make_conversation()

@@ -11,10 +11,9 @@ from annotate import services
 from annotate.models import Turn
 from labeling import services as labeling
 from labeling.models import Label, Tag
-from tests.annotate.test_services import choose, finish_candidates
+from tests.helpers import HTMX, choose, finish_candidates
 
 pytestmark = pytest.mark.django_db
-HTMX = {"HTTP_HX_REQUEST": "true"}
 ADD = reverse("labeling:tag_add")
 
 

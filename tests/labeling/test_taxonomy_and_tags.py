@@ -10,7 +10,7 @@ from annotate.models import Comparison
 from core.errors import ActionRefused
 from labeling import services as labeling
 from labeling.models import Label, ReviewAssignment, Tag, Taxonomy
-from tests.annotate.test_services import choose, finish_candidates
+from tests.helpers import choose, finish_candidates
 
 pytestmark = pytest.mark.django_db
 

@@ -80,7 +80,9 @@ class Command(BaseCommand):
                     p.wait(timeout=max(deadline - time.monotonic(), 0.1))
                 except subprocess.TimeoutExpired:
                     p.kill()
-        failed = [name for name, p in processes.items() if p.returncode not in (0, -signal.SIGTERM, None) and not stopping]
+        failed = [
+            name for name, p in processes.items() if p.returncode not in (0, -signal.SIGTERM, None) and not stopping
+        ]
         if failed:
             self.stderr.write(f"Stopped because a process exited: {', '.join(failed)}")
             sys.exit(1)
