@@ -38,6 +38,40 @@ class Study(models.Model):
     )
     overlap = models.PositiveSmallIntegerField(default=1, help_text="Raters per scenario.")
     is_active = models.BooleanField(default=True)
+    # --- assignment -------------------------------------------------------------------------
+    conversations_per_rater = models.PositiveSmallIntegerField(
+        default=0, help_text="Quota: conversations one rater may do in this study (0 = as many as there are)."
+    )
+    assignment_timeout_minutes = models.PositiveIntegerField(
+        default=60,
+        help_text="An active conversation with no activity for this long expires and its scenario returns to the pool.",
+    )
+    # --- crowd panel entry and exit (Prolific or any panel that passes ids in the link) ---------
+    panel_participant_param = models.CharField(
+        max_length=40, default="PROLIFIC_PID", help_text="Query parameter of the study link holding the participant id."
+    )
+    panel_study_param = models.CharField(max_length=40, default="STUDY_ID", help_text="… the panel's study id.")
+    panel_session_param = models.CharField(max_length=40, default="SESSION_ID", help_text="… the panel's session id.")
+    completion_url = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Where a participant goes when done; {code} is replaced by the code, "
+        "e.g. https://app.prolific.com/submissions/complete?cc={code}",
+    )
+    completion_code = models.CharField(max_length=64, blank=True, help_text="Code for participants who finished.")
+    screenout_code = models.CharField(max_length=64, blank=True, help_text="Code for participants screened out.")
+    returned_code = models.CharField(max_length=64, blank=True, help_text="Code for participants who gave up.")
+    consent_text = models.TextField(blank=True, help_text="Shown before any work; the participant must agree.")
+    # --- quality control and pay ---------------------------------------------------------------
+    qualification_pass_mark = models.FloatField(
+        default=0.8, help_text="Share of qualification gold items a rater must get right before real work."
+    )
+    attention_check_rate = models.FloatField(
+        default=0.0, help_text="Chance that a message's candidates include an obviously broken one (0 = never)."
+    )
+    bonus_per_gold_passed = models.DecimalField(
+        max_digits=8, decimal_places=2, default=0, help_text="Bonus per gold or attention item passed."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -75,6 +109,7 @@ class Conversation(models.Model):
         ACTIVE = "active"
         COMPLETED = "completed"
         ABANDONED = "abandoned"
+        EXPIRED = "expired", "Expired (no activity within the study's assignment timeout)"
 
     class Goal(models.TextChoices):
         YES = "yes"
@@ -92,10 +127,18 @@ class Conversation(models.Model):
     outcome_comment = models.TextField(blank=True)
     started_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    last_activity_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last message, vote or tag of the rater: expiry counts from here."
+    )
 
     class Meta:
         ordering = ["-started_at"]
-        indexes = [models.Index(fields=["rater", "status"])]
+        indexes = [models.Index(fields=["rater", "status"]), models.Index(fields=["status", "last_activity_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "rater"], condition=Q(status="active"), name="conversation_one_active_per_rater"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"Conversation {self.pk} ({self.scenario})"
@@ -208,3 +251,54 @@ class Comparison(models.Model):
 
     def __str__(self) -> str:
         return f"Comparison {self.pk} ({self.choice})"
+
+
+class Participant(models.Model):
+    """A rater's place in one study: how they came in (panel ids), consent, qualification, status,
+    pay, and whether their work counts. Raters made by hand get one too, on their first start."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        COMPLETED = "completed"
+        SCREENED_OUT = "screened_out", "Screened out"
+        RETURNED = "returned"
+
+    class Review(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="participants")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="participations")
+    external_id = models.CharField(
+        max_length=100, null=True, blank=True, help_text="The panel's participant id (e.g. PROLIFIC_PID)."
+    )
+    panel_study_id = models.CharField(max_length=100, blank=True)
+    panel_session_id = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
+    review = models.CharField(max_length=10, choices=Review.choices, default=Review.PENDING)
+    consented_at = models.DateTimeField(null=True, blank=True)
+    qualified_at = models.DateTimeField(null=True, blank=True)
+    qualification_score = models.FloatField(null=True, blank=True)
+    flagged = models.BooleanField(default=False, help_text="Marked for a closer look.")
+    excluded = models.BooleanField(
+        default=False, help_text="Their work is left out of dashboards and exports (unless asked for)."
+    )
+    exclusion_reason = models.TextField(blank=True)
+    bonus = models.DecimalField(max_digits=8, decimal_places=2, default=0)
+    started_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["study", "started_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "user"], name="participant_once_per_study"),
+            models.UniqueConstraint(
+                fields=["study", "external_id"],
+                condition=Q(external_id__isnull=False),
+                name="participant_external_id_once_per_study",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.external_id or self.user} in {self.study}"
