@@ -77,6 +77,8 @@ class Study(models.Model):
     class Meta:
         ordering = ["-created_at"]
         verbose_name_plural = "studies"
+        # Checked by labeling's dashboard page (superusers have every permission).
+        permissions = [("view_study_dashboard", "Can view the study dashboard")]
 
     def __str__(self) -> str:
         return self.name
@@ -173,6 +175,11 @@ class Turn(models.Model):
     seed = models.BigIntegerField(null=True, blank=True)
     is_rewrite = models.BooleanField(default=False)
     rewrite_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="rewrites")
+    is_attention_check = models.BooleanField(
+        default=False,
+        help_text="A planted, obviously broken candidate (never sampled): the rater passes by not choosing it. "
+        "Left out of exports and of the dashboard's model figures; the conversation never continues from it.",
+    )
     client_key = models.UUIDField(null=True, blank=True, unique=True, help_text="Idempotency key of a user POST.")
     attempt = models.PositiveSmallIntegerField(default=0, help_text="How many times a worker claimed it.")
     claimed_by = models.CharField(max_length=200, blank=True)
@@ -188,8 +195,17 @@ class Turn(models.Model):
         ordering = ["depth", "position", "id"]
         indexes = [models.Index(fields=["conversation", "depth"])]
 
+    # What raters are shown for a failed reply. `error` is for staff (admin's Turn pages): it may name the
+    # model server and quote its reply.
+    RATER_ERROR = "This reply could not be generated. Retry it, or tell the researcher if it keeps failing."
+
     def __str__(self) -> str:
         return f"{self.role} turn {self.pk}"
+
+    @property
+    def rater_error(self) -> str:
+        """The generic message raters see when this reply failed, else ""."""
+        return self.RATER_ERROR if self.status == self.Status.FAILED else ""
 
     @property
     def label(self) -> str:
@@ -234,6 +250,12 @@ class Comparison(models.Model):
     strength = models.CharField(max_length=10, choices=Strength.choices, blank=True)
     reason = models.TextField(blank=True)
     decision_ms = models.PositiveIntegerField(null=True, blank=True)
+    attention_passed = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text="Live votes among candidates with a planted attention check: whether the rater avoided it "
+        "(choosing it or a tie fails); empty when there was none.",
+    )
     rater = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="comparisons")
     idempotency_key = models.UUIDField(default=uuid.uuid4, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -270,7 +292,8 @@ class Participant(models.Model):
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="participants")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="participations")
-    external_id = models.CharField(
+    # NULL, not "", for raters made by hand: the unique constraint below skips them.
+    external_id = models.CharField(  # noqa: DJ001
         max_length=100, null=True, blank=True, help_text="The panel's participant id (e.g. PROLIFIC_PID)."
     )
     panel_study_id = models.CharField(max_length=100, blank=True)
@@ -285,7 +308,24 @@ class Participant(models.Model):
         default=False, help_text="Their work is left out of dashboards and exports (unless asked for)."
     )
     exclusion_reason = models.TextField(blank=True)
-    bonus = models.DecimalField(max_digits=8, decimal_places=2, default=0)
+    requeued = models.BooleanField(
+        default=False,
+        help_text="Excluded with their work handed out again: their conversations and reviews no longer count "
+        "towards the study's overlaps.",
+    )
+    screenout_reason = models.CharField(
+        max_length=200, blank=True, help_text="Why they were screened out (e.g. failed qualification, no places left)."
+    )
+    gold_passed = models.PositiveIntegerField(
+        default=0, help_text="Gold and attention items passed, counted by quality control: the bonus is paid on it."
+    )
+    bonus = models.DecimalField(
+        max_digits=8,
+        decimal_places=2,
+        default=0,
+        help_text="Bonus to pay: the study's bonus per gold item × gold items passed; 0 unless completed and not "
+        "rejected. Updated on completion, on approve/reject and when the pay sheet is downloaded.",
+    )
     started_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from typing import Any
+
 from django.contrib.auth.models import User
-from django.db.models import QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 from annotate import tree
-from annotate.models import Comparison, Conversation, Study, Turn
+from annotate.models import Comparison, Conversation, Participant, Scenario, Study, Turn
 
 
 def lived_path(conversation: Conversation) -> list[Turn]:
@@ -64,3 +67,88 @@ def transcript(conversation: Conversation) -> list[dict[str, object]]:
             vote = live_votes.get(t.pk)
             steps.append({"user": t, "replies": replies.get(t.pk, []), "comparison": vote, "on_path": on_path})
     return steps
+
+
+# --- quality control ---------------------------------------------------------------------------
+
+
+def excluded_raters(study: Study) -> QuerySet[Participant, Any]:
+    """The user ids (`values("user_id")`, usable as a subquery) of the study's excluded raters: their
+    conversations, votes and tags are left out of dashboards and exports unless asked for."""
+    return Participant.objects.filter(study=study, excluded=True).values("user_id")
+
+
+def requeued_raters(study: Study) -> QuerySet[Participant, Any]:
+    """The user ids of the excluded raters whose work was handed out again (`Participant.requeued`)."""
+    return Participant.objects.filter(study=study, excluded=True, requeued=True).values("user_id")
+
+
+# A scenario's overlap counts the conversations still holding a place on it: active and completed ones.
+# Expired and abandoned ones gave their place back (docs/assignment.md).
+HOLDING_A_PLACE = (Conversation.Status.ACTIVE, Conversation.Status.COMPLETED)
+
+
+def counted_towards_overlap(study: Study, prefix: str = "") -> Q:
+    """The conversations that count towards a scenario's overlap (`prefix`: the path to the conversation,
+    e.g. "conversations__"): active or completed (not expired, not abandoned), and not by a rater excluded
+    with their work re-queued."""
+    return Q(**{f"{prefix}status__in": HOLDING_A_PLACE}) & ~Q(**{f"{prefix}rater_id__in": requeued_raters(study)})
+
+
+# --- assignment: what a start hands out, expiry, progress ------------------------------------------
+
+
+def expiry_cutoff(study: Study, now: datetime) -> datetime | None:
+    """Active conversations of the study whose last activity is before this have expired (None: the study's
+    `assignment_timeout_minutes` is 0, nothing expires)."""
+    minutes = study.assignment_timeout_minutes
+    return now - timedelta(minutes=minutes) if minutes > 0 else None
+
+
+def idle_conversations(cutoff: datetime, prefix: str = "") -> Q:
+    """Conversations whose last activity is before `cutoff` (one that never recorded any counts from its
+    start: conversations from before `last_activity_at` existed)."""
+    return Q(**{f"{prefix}last_activity_at__lt": cutoff}) | Q(
+        **{f"{prefix}last_activity_at__isnull": True, f"{prefix}started_at__lt": cutoff}
+    )
+
+
+def scenarios_open_to(study: Study, rater: User) -> QuerySet[Scenario]:
+    """The study's scenarios the rater may be handed now: none they ever had a conversation on (whatever became
+    of it: completed, expired or abandoned), and fewer than `study.overlap` conversations holding a place
+    (`counted_towards_overlap`). Least used first, then in import order. Only meaningful under the study's
+    lock (`services.conversation_start`), and after expiring the study's idle conversations."""
+    had = Conversation.objects.filter(study=study, rater=rater).values("scenario_id")
+    return (
+        Scenario.objects.filter(study=study)
+        .exclude(pk__in=had)
+        .annotate(n=Count("conversations", filter=counted_towards_overlap(study, "conversations__")))
+        .filter(n__lt=study.overlap)
+        .order_by("n", "pk")
+    )
+
+
+def conversations_holding_a_place(study: Study, rater: User) -> int:
+    """The rater's conversations in the study that count towards their quota (`conversations_per_rater`):
+    active and completed ones."""
+    return Conversation.objects.filter(study=study, rater=rater, status__in=HOLDING_A_PLACE).count()
+
+
+def scenario_progress(scenarios: QuerySet[Scenario]) -> QuerySet[Scenario]:
+    """The scenarios with their assignment counts, in the same query: `n_active`, `n_completed`, `n_expired`,
+    `n_abandoned` (conversations by status) and `n_assigned`, the conversations holding a place (active and
+    completed, not by a rater excluded with their work re-queued): what `study.overlap` is compared with."""
+    status = Conversation.Status
+    requeued = Participant.objects.filter(
+        study_id=OuterRef("conversations__study_id"),
+        user_id=OuterRef("conversations__rater_id"),
+        excluded=True,
+        requeued=True,
+    )
+    return scenarios.annotate(
+        n_active=Count("conversations", filter=Q(conversations__status=status.ACTIVE)),
+        n_completed=Count("conversations", filter=Q(conversations__status=status.COMPLETED)),
+        n_expired=Count("conversations", filter=Q(conversations__status=status.EXPIRED)),
+        n_abandoned=Count("conversations", filter=Q(conversations__status=status.ABANDONED)),
+        n_assigned=Count("conversations", filter=Q(Q(conversations__status__in=HOLDING_A_PLACE), ~Exists(requeued))),
+    )

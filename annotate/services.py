@@ -8,25 +8,26 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 import random
 import secrets
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
-from django.db import transaction
-from django.db.models import Count, Q
+from django.db import IntegrityError, models, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from annotate import selectors, signals
-from annotate.models import Comparison, Conversation, Scenario, Study, Turn
+from annotate.models import Comparison, Conversation, Participant, Scenario, Study, Turn
 from core.errors import ActionRefused
 from core.tasks import task_send
-from core.validation import clean_note, clean_text
+from core.validation import check_storable, check_structure, clean_note, clean_text, parse_json
 from workers.models import ModelConfig
 
 # Sent by name: tag suggestions belong to labeling, a layer above this one.
@@ -38,9 +39,27 @@ def _locked(conversation: Conversation) -> Conversation:
     locked = (
         Conversation.objects.select_for_update(of=("self",)).select_related("study", "head").get(pk=conversation.pk)
     )
+    if locked.status == Conversation.Status.EXPIRED:
+        raise ActionRefused(expired_message(locked.study), status=409)
     if locked.status != Conversation.Status.ACTIVE:
         raise ActionRefused("This conversation has ended.", status=409)
     return locked
+
+
+def conversation_touch(conversation_id: int) -> None:
+    """Record activity on an active conversation now (expiry counts from its last activity): one UPDATE.
+    For every action of its rater: message, vote, retry, and labeling's live tags."""
+    Conversation.objects.filter(pk=conversation_id, status=Conversation.Status.ACTIVE).update(
+        last_activity_at=timezone.now()
+    )
+
+
+def expired_message(study: Study) -> str:
+    """What the rater of an expired conversation is told (its page, and any post to it: 409)."""
+    return (
+        f"This conversation has expired: it had no activity for {study.assignment_timeout_minutes} minutes, "
+        "so its scenario went back to the pool for other raters. Start a new conversation from your studies page."
+    )
 
 
 def _enqueue(turn_ids: Iterable[int], *, suggest_for: int | None = None) -> None:
@@ -59,26 +78,112 @@ def _pool(study: Study, k: int) -> list[ModelConfig]:
     return [pool[i % len(pool)] for i in range(k)]
 
 
+# --- assignment: who gets which scenario (docs/assignment.md) -------------------------------------
+
+EXCLUDED_MESSAGE = "Your work in this study has ended. Thank you for taking part."
+
+
 @transaction.atomic
 def conversation_start(*, study: Study, rater: User) -> Conversation:
-    """Resume the rater's active conversation in the study, or start one on the least-used scenario."""
+    """Resume the rater's active conversation in the study, or hand them a scenario.
+
+    The rules (docs/assignment.md): a scenario goes to exactly `study.overlap` raters, counting its active and
+    completed conversations (expired and abandoned ones give their place back); a rater never gets a scenario
+    they had before, whatever became of that conversation (an expired one included); a rater has at most one
+    active conversation per study (the `conversation_one_active_per_rater` constraint) and at most
+    `study.conversations_per_rater` active + completed ones (0: no quota). Refusals are 409s.
+
+    Safe under any concurrency: handing out is serialised per study (the study row is locked), idle
+    conversations are expired under that lock before counting, and a start that still meets the one-active
+    constraint (a writer that did not take the lock) resumes the conversation that won instead of failing.
+    """
     if not study.is_active:
         raise ActionRefused("This study is closed.", status=409)
-    active = Conversation.objects.filter(study=study, rater=rater, status=Conversation.Status.ACTIVE).first()
+    if Participant.objects.filter(study=study, user=rater, excluded=True).exists():
+        raise ActionRefused(EXCLUDED_MESSAGE, status=409)
+    active = _active_resumed(study, rater)
     if active is not None:
         return active
-    done_by_rater = Conversation.objects.filter(study=study, rater=rater).values("scenario_id")
-    scenario = (
-        Scenario.objects.filter(study=study)
-        .exclude(pk__in=done_by_rater)
-        .annotate(n=Count("conversations", filter=~Q(conversations__status=Conversation.Status.ABANDONED)))
-        .filter(n__lt=study.overlap)
-        .order_by("n", "pk")
-        .first()
-    )
+    # Higher layers may refuse new work (labeling: the study's qualification first).
+    signals.work_requested.send(sender=Conversation, study=study, rater=rater)
+    try:
+        with transaction.atomic():  # a savepoint: the IntegrityError below leaves the transaction usable
+            return _conversation_assign(study, rater)
+    except IntegrityError:
+        active = _active_resumed(study, rater)
+        if active is None:
+            raise
+        return active
+
+
+def _active_resumed(study: Study, rater: User) -> Conversation | None:
+    """The rater's active conversation in the study, its activity stamped now (coming back is activity), or
+    None. The stamp is a conditional UPDATE, so a conversation expired at this very moment is not resumed."""
+    active = Conversation.objects.filter(study=study, rater=rater, status=Conversation.Status.ACTIVE).first()
+    if active is None:
+        return None
+    now = timezone.now()
+    touched = Conversation.objects.filter(pk=active.pk, status=Conversation.Status.ACTIVE).update(last_activity_at=now)
+    if not touched:
+        return None
+    active.last_activity_at = now
+    return active
+
+
+def _conversation_assign(study: Study, rater: User) -> Conversation:
+    """Hand the rater a scenario, with the study row locked (FOR NO KEY UPDATE: it serialises the study's
+    starts and still lets rows that point at the study be written)."""
+    locked = Study.objects.select_for_update(no_key=True).get(pk=study.pk)
+    if not locked.is_active:
+        raise ActionRefused("This study is closed.", status=409)
+    # A start of the same rater that held the lock before us may have made one meanwhile.
+    active = _active_resumed(locked, rater)
+    if active is not None:
+        return active
+    conversations_expire(study=locked)  # idle conversations give their place back before we count
+    quota = locked.conversations_per_rater
+    if quota and selectors.conversations_holding_a_place(locked, rater) >= quota:
+        raise ActionRefused(
+            f"You have done the {quota} conversation{'s' if quota != 1 else ''} this study asks of each rater. "
+            "Thank you!",
+            status=409,
+        )
+    scenario = selectors.scenarios_open_to(locked, rater).first()
     if scenario is None:
         raise ActionRefused("There are no scenarios left for you in this study. Thank you!", status=409)
-    return Conversation.objects.create(study=study, scenario=scenario, rater=rater)
+    return Conversation.objects.create(study=locked, scenario=scenario, rater=rater, last_activity_at=timezone.now())
+
+
+def conversations_expire(now: datetime | None = None, *, study: Study | None = None) -> int:
+    """Expire active conversations idle for their study's `assignment_timeout_minutes` (0: never): status
+    EXPIRED, `ended_at` now; their scenarios go back to the pool. All studies (the periodic sweep,
+    `annotate.tasks.expire_conversations_task`), or one (`conversation_start`, lazily). Returns how many.
+
+    The idle condition is checked again on the locked rows, so a conversation whose message or vote is being
+    written right now is never expired. The sweep skips rows another transaction holds (it never waits, so it
+    never takes part in a deadlock); a start, holding its study's lock, waits for them, so what it counts next
+    is settled.
+    """
+    now = now or timezone.now()
+    studies = [study] if study is not None else list(Study.objects.filter(assignment_timeout_minutes__gt=0))
+    by_timeout: dict[int, list[int]] = {}
+    for each in studies:
+        if each.assignment_timeout_minutes > 0:
+            by_timeout.setdefault(each.assignment_timeout_minutes, []).append(each.pk)
+    expired = 0
+    for minutes, study_ids in by_timeout.items():
+        cutoff = now - timedelta(minutes=minutes)
+        with transaction.atomic():
+            idle = Conversation.objects.filter(
+                selectors.idle_conversations(cutoff), study_id__in=study_ids, status=Conversation.Status.ACTIVE
+            )
+            locked = idle.select_for_update(skip_locked=study is None).order_by("pk")
+            ids = list(locked.values_list("pk", flat=True))
+            if ids:
+                expired += Conversation.objects.filter(pk__in=ids, status=Conversation.Status.ACTIVE).update(
+                    status=Conversation.Status.EXPIRED, ended_at=now
+                )
+    return expired
 
 
 @transaction.atomic
@@ -119,12 +224,77 @@ def message_send(*, conversation: Conversation, text: str, client_key: uuid.UUID
         )
         for position, config in enumerate(_pool(study, study.candidates_per_turn))
     ]
+    planted = _attention_slot(study)
+    if planted is not None:
+        candidates[planted] = _attention_turn(user_turn, position=planted)
     Turn.objects.bulk_create(candidates)
     conversation.head = user_turn
-    conversation.save(update_fields=["head"])
-    ids = [t.pk for t in Turn.objects.filter(parent=user_turn).order_by("position")]
+    conversation.last_activity_at = timezone.now()
+    conversation.save(update_fields=["head", "last_activity_at"])
+    sampled = Turn.objects.filter(parent=user_turn, is_attention_check=False)  # a planted reply is never sampled
+    ids = [t.pk for t in sampled.order_by("position")]
     transaction.on_commit(lambda: _enqueue(ids, suggest_for=user_turn.pk))
     return user_turn
+
+
+# Planted when the rater's message is too short to shuffle: nonsense no model would write.
+ATTENTION_FALLBACK = "Purple seven under the banana quickly telescope of is the window."
+ATTENTION_MIN_WORDS = 4
+
+
+def _attention_slot(study: Study) -> int | None:
+    """The slot of this message's planted attention check, drawn with probability
+    `study.attention_check_rate`; None for none. Needs two candidates or more: the conversation
+    always continues from a real reply."""
+    k = study.candidates_per_turn
+    if k < 2 or study.attention_check_rate <= 0 or random.random() >= study.attention_check_rate:
+        return None
+    return random.randrange(k)
+
+
+def attention_text(user_text: str) -> str:
+    """An obviously broken reply: the rater's own words shuffled (word salad), or a fixed nonsense
+    sentence when the message is too short for a shuffle to look broken."""
+    words = user_text.split()
+    if len(words) >= ATTENTION_MIN_WORDS:
+        shuffled = list(words)
+        for _ in range(10):
+            random.shuffle(shuffled)
+            if shuffled != words:
+                return " ".join(shuffled)
+    return ATTENTION_FALLBACK
+
+
+def _attention_turn(user_turn: Turn, *, position: int) -> Turn:
+    """A planted candidate, finished at once (no worker samples it, no model config is credited)."""
+    return Turn(
+        conversation=user_turn.conversation,
+        parent=user_turn,
+        role=Turn.Role.ASSISTANT,
+        depth=user_turn.depth + 1,
+        position=position,
+        text=attention_text(user_turn.text),
+        status=Turn.Status.DONE,
+        is_attention_check=True,
+        finished_at=timezone.now(),
+    )
+
+
+def gold_passed_add(*, study: Study, rater: User) -> None:
+    """Count one more gold or attention item passed by the rater (`Participant.gold_passed`, which the
+    bonus is paid on); the rater's Participant is made if they have none yet (raters made by hand)."""
+    participant, _ = Participant.objects.get_or_create(study=study, user=rater)
+    Participant.objects.filter(pk=participant.pk).update(gold_passed=F("gold_passed") + 1)
+
+
+def _attention_passed(candidates: list[Turn], choice: str, chosen: Turn | None) -> bool | None:
+    """Whether a vote avoided the planted candidate among `candidates` (None: none was planted).
+    Choosing it fails, and so does a tie (a real reply judged no better than nonsense); "all bad" passes."""
+    if not any(c.is_attention_check for c in candidates):
+        return None
+    if choice == Comparison.Choice.TIE:
+        return False
+    return chosen is None or not chosen.is_attention_check
 
 
 @transaction.atomic
@@ -137,6 +307,7 @@ def turn_retry(*, conversation: Conversation, turn_id: int) -> Turn:
         raise ActionRefused("No such reply in this conversation.", status=404)
     if awaiting is None or turn.parent_id != awaiting.pk:
         raise ActionRefused("Only a reply to your latest message can be retried.", status=409)
+    conversation_touch(conversation.pk)
     if turn.status != Turn.Status.FAILED:
         return turn  # already retried, or never failed: nothing to do
     # A fresh seed: the same one would reproduce an empty or degenerate reply.
@@ -199,11 +370,14 @@ def comparison_record(
     chosen, strength, reason = comparison_clean(
         candidates=candidates, choice=choice, chosen_id=chosen_id, strength=strength, reason=reason
     )
-    continued_from = chosen or candidates[0]
+    # Never from a planted attention check: a rater who chose it goes on from the first real reply.
+    real = [c for c in candidates if not c.is_attention_check]
+    continued_from = chosen if chosen is not None and not chosen.is_attention_check else real[0]
     if rewrite_text.strip():
         continued_from = _rewrite_create(
             conversation, parent, base=continued_from, text=rewrite_text, position=len(candidates)
         )
+    attention_passed = _attention_passed(candidates, choice, chosen)
     comparison = Comparison.objects.create(
         conversation=conversation,
         parent=parent,
@@ -213,11 +387,15 @@ def comparison_record(
         strength=strength,
         reason=reason,
         decision_ms=_decision_ms(candidates),
+        attention_passed=attention_passed,
         rater=rater,
         idempotency_key=idempotency_key,
     )
+    if attention_passed:
+        gold_passed_add(study=conversation.study, rater=rater)
     conversation.head = continued_from
-    conversation.save(update_fields=["head"])
+    conversation.last_activity_at = timezone.now()
+    conversation.save(update_fields=["head", "last_activity_at"])
     return comparison
 
 
@@ -281,9 +459,13 @@ def conversation_finish(
     *, conversation: Conversation, goal: str, understanding: int | str | None, comment: str = ""
 ) -> Conversation:
     """End the session with the outcome survey. Finishing twice is harmless."""
-    current = Conversation.objects.select_for_update(of=("self",)).select_related("head").get(pk=conversation.pk)
+    current = (
+        Conversation.objects.select_for_update(of=("self",)).select_related("study", "head").get(pk=conversation.pk)
+    )
     if current.status == Conversation.Status.COMPLETED:
         return current
+    if current.status == Conversation.Status.EXPIRED:
+        raise ActionRefused(expired_message(current.study), status=409)
     if current.status != Conversation.Status.ACTIVE:
         raise ActionRefused("This conversation has ended.", status=409)
     if selectors.awaiting_vote(current) is not None:
@@ -301,39 +483,124 @@ def conversation_finish(
     current.outcome_goal = goal
     current.outcome_understanding = score
     current.outcome_comment = comment
-    current.ended_at = timezone.now()
+    current.ended_at = current.last_activity_at = timezone.now()
     current.save()
     return current
+
+
+# --- quality control: flag, exclude, include again ------------------------------------------
+
+
+@transaction.atomic
+def participant_exclude(participant: Participant, reason: str, requeue: bool = True) -> Participant:
+    """Leave a rater's work out of the study's dashboard and exports (unless asked for), and stop their work.
+
+    With `requeue` their conversations and reviews no longer count towards the study's overlaps, so their
+    scenarios and the conversations they reviewed are handed out again (`selectors.counted_towards_overlap`,
+    and labeling's review claims). Their active conversation ends as abandoned. Excluding again only
+    updates the reason and `requeue`.
+    """
+    reason = clean_note(reason, what="reason")
+    if not reason:
+        raise ActionRefused("Say why this rater's work is excluded: the reason is kept with the exclusion.")
+    locked = Participant.objects.select_for_update().get(pk=participant.pk)
+    locked.excluded, locked.exclusion_reason, locked.requeued = True, reason, requeue
+    locked.save(update_fields=["excluded", "exclusion_reason", "requeued"])
+    Conversation.objects.filter(
+        study_id=locked.study_id, rater_id=locked.user_id, status=Conversation.Status.ACTIVE
+    ).update(status=Conversation.Status.ABANDONED, ended_at=timezone.now())
+    return locked
+
+
+@transaction.atomic
+def participant_include(participant: Participant) -> Participant:
+    """Undo an exclusion: the rater's work counts again everywhere (a re-queued scenario that was handed
+    out again may then have one rater more than the overlap)."""
+    locked = Participant.objects.select_for_update().get(pk=participant.pk)
+    locked.excluded, locked.exclusion_reason, locked.requeued = False, "", False
+    locked.save(update_fields=["excluded", "exclusion_reason", "requeued"])
+    return locked
+
+
+def participant_flag(participant: Participant, flagged: bool = True) -> Participant:
+    """Mark a rater for a closer look (or clear the mark); nothing else changes."""
+    Participant.objects.filter(pk=participant.pk).update(flagged=flagged)
+    participant.flagged = flagged
+    return participant
 
 
 # --- scenarios -----------------------------------------------------------------------------
 
 SCENARIO_FIELDS = ("external_id", "title", "brief", "hidden_intent", "opening_message")
+# A scenario's metadata (the row's other fields) is kept shallow: a value may be a list or an object
+# of plain values (text, numbers, true/false, null), nothing deeper.
+METADATA_MAX_DEPTH = 2
+METADATA_KEY_CHARS = 100
+
+
+def _scenario_text(number: int, field: str, value: object, *, one_line: bool = False) -> str:
+    """A scenario field as stored: text or a number, within the column's length; refused otherwise."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ActionRefused(f"Row {number}: '{field}' must be text or a number, not {_json_type(value)}.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ActionRefused(f"Row {number}: '{field}' is not a finite number.")
+    text = check_storable(str(value).strip(), what=f"Row {number}: '{field}'")
+    if one_line and ("\n" in text or "\r" in text):
+        raise ActionRefused(f"Row {number}: '{field}' must be one line.")
+    column = Scenario._meta.get_field(field)
+    limit = column.max_length if isinstance(column, models.Field) else None
+    if limit is not None and len(text) > limit:
+        raise ActionRefused(f"Row {number}: '{field}' is {len(text):,} characters long; the limit is {limit:,}.")
+    return text
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "true/false", dict: "an object", list: "a list", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _scenario_metadata(number: int, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row's other fields, kept as the scenario's metadata: shallow, and storable as JSON."""
+    metadata = {k: v for k, v in row.items() if k not in SCENARIO_FIELDS and k != "id"}
+    for key in metadata:
+        if len(key) > METADATA_KEY_CHARS:
+            raise ActionRefused(f"Row {number}: the field name {key[:40]!r}… is over {METADATA_KEY_CHARS} characters.")
+    check_structure(metadata, what=f"Row {number}", max_depth=METADATA_MAX_DEPTH)
+    return metadata
+
+
+def _scenario_row(number: int, row: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """One import row checked field by field: (external_id, the fields to store)."""
+    if not isinstance(row, Mapping):
+        raise ActionRefused(f"Row {number} is not an object with named fields.")
+    row = {str(k).strip(): v for k, v in row.items() if k is not None}
+    external_id = _scenario_text(number, "external_id", row.get("external_id") or row.get("id"), one_line=True)
+    brief = _scenario_text(number, "brief", row.get("brief"))
+    if not brief:
+        raise ActionRefused(f"Row {number}: 'brief' is required.")
+    if not external_id:
+        raise ActionRefused(f"Row {number}: 'external_id' (or 'id') is required.")
+    title = _scenario_text(number, "title", row.get("title"), one_line=True) or " ".join(brief.split())[:80]
+    fields = {
+        "title": title,
+        "brief": brief,
+        "hidden_intent": _scenario_text(number, "hidden_intent", row.get("hidden_intent")),
+        "opening_message": _scenario_text(number, "opening_message", row.get("opening_message")),
+        "metadata": _scenario_metadata(number, row),
+    }
+    return external_id, fields
 
 
 def scenarios_import(*, study: Study, rows: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
     """Create or update scenarios from dict rows (JSONL objects or CSV rows).
 
     Rows need `brief`; `external_id` (or `id`) makes re-imports update instead of duplicate.
-    Extra keys go to `metadata`. Returns (created, updated). All rows or none are written.
+    Extra keys go to `metadata`. Returns (created, updated). Every row and field is checked (type,
+    length, storable text, shallow metadata) before anything is written: all rows or none.
     """
-    parsed = []
-    for number, row in enumerate(rows, start=1):
-        row = {str(k).strip(): v for k, v in row.items() if k is not None}
-        external_id = str(row.get("external_id") or row.get("id") or "").strip()
-        brief = str(row.get("brief") or "").strip()
-        if not brief:
-            raise ActionRefused(f"Row {number}: 'brief' is required.")
-        if not external_id:
-            raise ActionRefused(f"Row {number}: 'external_id' (or 'id') is required.")
-        fields = {
-            "title": str(row.get("title") or brief[:80]).strip()[:200],
-            "brief": brief,
-            "hidden_intent": str(row.get("hidden_intent") or "").strip(),
-            "opening_message": str(row.get("opening_message") or "").strip(),
-            "metadata": {k: v for k, v in row.items() if k not in SCENARIO_FIELDS and k != "id"},
-        }
-        parsed.append((external_id[:100], fields))
+    parsed = [_scenario_row(number, row) for number, row in enumerate(rows, start=1)]
     created = updated = 0
     with transaction.atomic():
         for external_id, fields in parsed:
@@ -349,6 +616,8 @@ def scenario_rows_read(*, name: str, data: bytes) -> list[dict[str, object]]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ActionRefused("The file is not UTF-8 text.") from None
+    if "\x00" in text:
+        raise ActionRefused("The file contains a NUL character: it is not a text file.")
     if name.lower().endswith(".csv"):
         try:
             return list(csv.DictReader(io.StringIO(text)))
@@ -357,10 +626,7 @@ def scenario_rows_read(*, name: str, data: bytes) -> list[dict[str, object]]:
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ActionRefused(f"Line {number} is not valid JSON: {exc.msg}") from None
+            row = parse_json(line, what=f"Line {number}")
             if not isinstance(row, dict):
                 raise ActionRefused(f"Line {number} is not a JSON object.")
             rows.append(row)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from annotate import views
+from annotate import panel_views, views
 
 app_name = "annotate"
 urlpatterns = [
@@ -15,4 +15,9 @@ urlpatterns = [
     path("c/<int:pk>/finish/", views.conversation_finish, name="finish"),
     path("c/<int:pk>/stream/", views.stream, name="stream"),
     path("c/<int:pk>/transcript/", views.transcript, name="transcript"),
+    # A panel participant's way in and out (docs/crowd-studies.md)
+    path("p/<slug:slug>/", panel_views.enter, name="panel_enter"),
+    path("p/<slug:slug>/consent/", panel_views.consent, name="panel_consent"),
+    path("p/<slug:slug>/work/", panel_views.work, name="panel_work"),
+    path("p/<slug:slug>/done/", panel_views.done, name="panel_done"),
 ]

@@ -21,11 +21,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from annotate import selectors, services, signals
+from annotate import panel, selectors, services, signals
 from annotate.models import Comparison, Conversation, Study, Turn
 from core.errors import ActionRefused
-from core.http import AppRequest, answers_refusals
-from core.validation import parse_int, parse_request_key
+from core.http import AppRequest, answers_refusals, refused_fragment, refused_page
+from core.ratelimit import rate_limited
+from core.validation import is_id, parse_int, parse_request_key
 
 
 def _conversation_for(request: AppRequest, pk: int) -> Conversation:
@@ -71,19 +72,26 @@ def _respond(request: AppRequest, conversation: Conversation) -> HttpResponse:
 
 
 def _session_page(request: AppRequest, exc: ActionRefused, pk: int, **_: Any) -> HttpResponse:
-    """A refused plain form post: the whole session page again, with the message above the form."""
+    """A refused plain form post: the whole session page again, with the message above the form (a conversation
+    that has ended or expired has no form left: the message on a page of its own)."""
     conversation = _conversation_for(request, pk)
+    if conversation.status != Conversation.Status.ACTIVE:
+        return refused_page(request, exc)
     return render(request, "annotate/conversation.html", _session_context(conversation, exc.message), status=exc.status)
 
 
 @login_required
 @require_GET
 def home(request: AppRequest) -> HttpResponse:
-    return render(
-        request,
-        "annotate/home.html",
-        {"studies": selectors.open_studies(), "conversations": selectors.rater_conversations(request.user)[:100]},
-    )
+    participant_step = panel.participant_home_url(request.user)
+    if participant_step:  # a panel participant sees their own study's steps, never the list of studies
+        return redirect(participant_step)
+    studies = list(selectors.open_studies())
+    context: dict[str, Any] = {"studies": studies, "conversations": selectors.rater_conversations(request.user)[:100]}
+    # What higher layers add (labeling: the studies whose qualification the rater has to take first).
+    for _, extra in signals.home_rendering.send(sender=Study, user=request.user, studies=studies):
+        context.update(cast(dict[str, Any], extra))
+    return render(request, "annotate/home.html", context)
 
 
 @login_required
@@ -91,6 +99,7 @@ def home(request: AppRequest) -> HttpResponse:
 @answers_refusals
 def study_start(request: AppRequest, slug: str) -> HttpResponse:
     study = get_object_or_404(Study, slug=slug, is_active=True)
+    panel.direct_start_check(study, request.user)
     conversation = services.conversation_start(study=study, rater=request.user)
     return redirect("annotate:conversation", pk=conversation.pk)
 
@@ -99,8 +108,11 @@ def study_start(request: AppRequest, slug: str) -> HttpResponse:
 @require_GET
 def conversation_detail(request: AppRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
+    if conversation.status == Conversation.Status.EXPIRED and request.htmx:
+        # The session fragment asked for by an open page: say why it stopped, in the page's #errors.
+        return refused_fragment(request, ActionRefused(services.expired_message(conversation.study), status=409))
     if conversation.status != Conversation.Status.ACTIVE:
-        return redirect("annotate:transcript", pk=pk)
+        return redirect("annotate:transcript", pk=pk)  # an expired one says so there
     template = "annotate/_session.html" if request.htmx else "annotate/conversation.html"
     return render(request, template, _session_context(conversation))
 
@@ -108,6 +120,7 @@ def conversation_detail(request: AppRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals(page=_session_page)
+@rate_limited("messages")
 def message_send(request: AppRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
     services.message_send(
@@ -121,12 +134,13 @@ def message_send(request: AppRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals(page=_session_page)
+@rate_limited("votes")
 def vote(request: AppRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
     post = request.POST
     choice = post.get("choice", "")
     chosen_id = None
-    if choice.isdigit():  # the form sends a candidate's id for "this one is better"
+    if is_id(choice):  # the form sends a candidate's id for "this one is better"
         chosen_id, choice = int(choice), Comparison.Choice.CANDIDATE
     services.comparison_record(
         conversation=conversation,
@@ -162,11 +176,13 @@ def conversation_finish(request: AppRequest, pk: int) -> HttpResponse:
         understanding=request.POST.get("understanding"),
         comment=request.POST.get("comment", ""),
     )
+    # A panel participant goes on to their next step (the done page, or the next conversation).
+    next_url = panel.url_after_finish(conversation) or reverse("annotate:transcript", kwargs={"pk": conversation.pk})
     if request.htmx:
         response = HttpResponse(status=204)
-        response["HX-Redirect"] = reverse("annotate:transcript", kwargs={"pk": conversation.pk})
+        response["HX-Redirect"] = next_url
         return response
-    return redirect("annotate:transcript", pk=conversation.pk)
+    return redirect(next_url)
 
 
 @login_required
@@ -176,7 +192,13 @@ def transcript(request: AppRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "annotate/transcript.html",
-        {"conversation": conversation, "steps": selectors.transcript(conversation)},
+        {
+            "conversation": conversation,
+            "steps": selectors.transcript(conversation),
+            "expired_message": services.expired_message(conversation.study)
+            if conversation.status == Conversation.Status.EXPIRED
+            else "",
+        },
     )
 
 
@@ -198,14 +220,16 @@ async def _turn_events(turn_ids: list[int]) -> AsyncIterator[bytes]:
     yield b"retry: 1000\n\n"
     while time.monotonic() < deadline:
         finished = 0
-        async for row in Turn.objects.filter(pk__in=turn_ids).values("id", "text", "status", "error", "heartbeat_at"):
+        async for row in Turn.objects.filter(pk__in=turn_ids).values("id", "text", "status", "heartbeat_at"):
             state = (row["status"], row["text"])
             if sent.get(row["id"]) != state:
                 sent[row["id"]] = state
                 stamp = row["heartbeat_at"].timestamp() if row["heartbeat_at"] else None
+                # Raters get the generic message; the failure's detail (Turn.error) is for staff in admin.
+                error = Turn.RATER_ERROR if row["status"] == Turn.Status.FAILED else ""
                 yield _sse(
                     "turn",
-                    {"id": row["id"], "status": row["status"], "text": row["text"], "error": row["error"], "t": stamp},
+                    {"id": row["id"], "status": row["status"], "text": row["text"], "error": error, "t": stamp},
                 )
             finished += row["status"] in (Turn.Status.DONE, Turn.Status.FAILED)
         if finished == len(turn_ids):

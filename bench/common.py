@@ -6,6 +6,7 @@ library only, so importable before Django is set up).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -13,6 +14,9 @@ from urllib.parse import urlparse
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the scripts run as `python bench/x.py`: only bench/ is on the path
     sys.path.insert(0, str(ROOT))
+
+# Django refuses to start without a key when DEBUG is off; the bench's servers and workers inherit this one.
+os.environ.setdefault("SECRET_KEY", "bench-only-key-never-used-in-production-3c8e1f6a9d2b7e4c0a5f8d1b6e3c9a7f")
 
 from tests.processes import ChildProcess as Child  # noqa: E402
 from tests.processes import free_port  # noqa: E402

@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_study(n_conversations: int, n_tags: int) -> dict[str, object]:
     """Bulk-create the study, its conversations, votes and tags; returns ids the timing needs."""
     from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
     from django.utils import timezone
 
     from annotate.models import Comparison, Conversation, Scenario, Study, Turn
@@ -63,6 +64,10 @@ def build_study(n_conversations: int, n_tags: int) -> dict[str, object]:
     stamp = uuid.uuid4().hex[:6]
     owner = users.objects.create_user(f"bench-owner-{stamp}", password=PASSWORD)
     staff = users.objects.create_user(f"bench-staff-{stamp}", password=PASSWORD, is_staff=True)
+    # The dashboard needs its permission (being staff is not enough).
+    staff.user_permissions.add(
+        Permission.objects.get(codename="view_study_dashboard", content_type__app_label="annotate")
+    )
     reviewers = [users.objects.create_user(f"bench-rev{i}-{stamp}", password=PASSWORD) for i in range(4)]
     configs = [ModelConfig.objects.create(name=f"bench-{stamp}-{x}", model_path="/none", params={}) for x in ("a", "b")]
     taxonomy = default_taxonomy()
@@ -212,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ["DATABASE_URL"] = args.database_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # One rater posts every timed tag, far faster than a person: the per-rater tag limit is off here.
+    os.environ.setdefault("RATE_LIMIT_TAGS", "0")
     sys.path.insert(0, str(ROOT))
     ensure_database(args.database_url)
     import django

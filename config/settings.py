@@ -1,30 +1,62 @@
 """Settings for Common Ground, read from the environment.
 
 Defaults give the embedded set-up `make run` uses: SQLite, kombu's filesystem transport and
-the bundled Gemma model. Production differs only by environment variables, e.g.
-``DATABASE_URL=postgres://...`` and ``CELERY_BROKER_URL=redis://...``.
+the bundled Gemma model, plain http on localhost. Production differs only by environment variables, e.g.
+``DATABASE_URL=postgres://...``, ``CELERY_BROKER_URL=redis://...`` and the HTTPS settings (README,
+"Production"). ``SECRET_KEY`` has no default unless ``DEBUG=1``: `make run` passes a generated one.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from core.env import envbool, envfloat, envint
+from core.env import envbool, envfloat, envint, envlist
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("COMMONGROUND_VAR_DIR", BASE_DIR / "var"))
 
 
 DEBUG = envbool("DEBUG", False)
-SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-insecure-key-change-me")
-if not DEBUG and SECRET_KEY.startswith("dev-only") and envbool("REQUIRE_SECRET_KEY", False):
-    raise ImproperlyConfigured("SECRET_KEY must be set in production")
-ALLOWED_HOSTS = os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",")
-CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+# No usable default key: a known key lets anyone forge sessions and password-reset tokens. With DEBUG
+# off the app refuses to start without SECRET_KEY. `make run` generates one once into var/secret_key;
+# the tests set their own (pytest.ini); DEBUG=1 falls back to a development key.
+_PUBLIC_KEYS = {"django-insecure-development-key-for-DEBUG-only", "dev-only-insecure-key-change-me"}
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if DEBUG and not SECRET_KEY:
+    SECRET_KEY = "django-insecure-development-key-for-DEBUG-only"
+elif not DEBUG and (not SECRET_KEY or SECRET_KEY in _PUBLIC_KEYS):
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set (or is a published development key) and DEBUG is off. Set SECRET_KEY to a long "
+        "random value kept secret, e.g. SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_urlsafe(50))'), "
+        "the same on every web and worker process; or DEBUG=1 on a development machine. `make run` does this for "
+        "you (the key is kept in var/secret_key)."
+    )
+
+# --- HTTPS and hosts ----------------------------------------------------------------------
+# The defaults suit the embedded set-up (plain http on localhost); the README's "Production"
+# section sets them all for a site behind HTTPS (`manage.py check --deploy` then reports nothing).
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", False)
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+# Behind a proxy that terminates TLS: "HTTP_X_FORWARDED_PROTO,https" (the header the proxy sets, and
+# its value for https). Only when the proxy always sets (or strips) that header.
+_proxy_ssl_header = envlist("SECURE_PROXY_SSL_HEADER", [])
+if _proxy_ssl_header and len(_proxy_ssl_header) != 2:
+    raise ImproperlyConfigured("SECURE_PROXY_SSL_HEADER must be HEADER,VALUE, e.g. HTTP_X_FORWARDED_PROTO,https")
+SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header[0], _proxy_ssl_header[1]) if _proxy_ssl_header else None
+# Proxies in front of the app that append to X-Forwarded-For (0: use the connection's address). The
+# client address is what login throttling counts failures by.
+TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -34,6 +66,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
+    "axes",
     # The project's apps, lowest layer first (docs/architecture.md): admin modules load in this
     # order, so exports can extend annotate's StudyAdmin.
     "core",
@@ -53,6 +86,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into the lock-out page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -90,8 +125,28 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# django-axes first: it refuses a locked-out username + address before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Login throttling (django-axes; attempts are kept in the database, shared by every web process):
+# LOGIN_FAILURE_LIMIT failed logins for one username from one address lock that pair out for
+# LOGIN_LOCKOUT_MINUTES (0: until staff delete the attempt in admin → Axes, or `manage.py axes_reset`).
+AXES_ENABLED = envbool("LOGIN_THROTTLING", True)
+AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5)
+_lockout_minutes = envfloat("LOGIN_LOCKOUT_MINUTES", 15)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=_lockout_minutes) if _lockout_minutes > 0 else None
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "core.http.login_locked_out"
+AXES_CLIENT_IP_CALLABLE = "core.http.client_ip"
+AXES_VERBOSE = False  # failures and lock-outs are still logged (warnings); not the start-up banner
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "annotate:home"
 LOGOUT_REDIRECT_URL = "login"
@@ -107,9 +162,38 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 
+# --- Cache and rate limits ---------------------------------------------------------------
+# The per-rater rate limits count in this cache. Local memory is per process: with several web
+# processes (or machines) set CACHE_URL to a Redis shared by all of them, or each counts on its own.
+CACHE_URL = os.environ.get("CACHE_URL") or os.environ.get("REDIS_URL") or "locmem://"
+if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CACHE_URL,
+            "KEY_PREFIX": "commonground",
+        }
+    }
+elif CACHE_URL == "locmem://":
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    raise ImproperlyConfigured(f"CACHE_URL must be redis://…, rediss://…, unix://… or locmem://, not {CACHE_URL!r}")
+# Actions per rater per minute (0: no limit); more are refused with 429 and Retry-After
+# (core/ratelimit.py). Generous: a person never reaches them, a runaway script does.
+RATE_LIMITS = {
+    "messages": envint("RATE_LIMIT_MESSAGES", 20),  # messages sent (each starts K generations)
+    "votes": envint("RATE_LIMIT_VOTES", 60),  # votes, live and in the review pass
+    "tags": envint("RATE_LIMIT_TAGS", 300),  # tags added or removed, suggestions decided
+}
+
 # --- Celery -------------------------------------------------------------------------------
 # The broker, queues, routes, time limits and transport options are all in workers/celery_app.py
 # (CELERY_BROKER_URL, CELERY_VISIBILITY_TIMEOUT and CELERY_TASK_ALWAYS_EAGER are read there).
+
+# --- Imports ------------------------------------------------------------------------------
+# Largest scenario or taxonomy file accepted through admin, checked before the file is read (Django's
+# DATA_UPLOAD_MAX_MEMORY_SIZE and FILE_UPLOAD_MAX_MEMORY_SIZE do not cap the size of an uploaded file).
+IMPORT_MAX_BYTES = envint("IMPORT_MAX_BYTES", 5 * 1024 * 1024)
 
 # --- Exports ------------------------------------------------------------------------------
 # Where exports requested in admin are written (one directory per export).
@@ -139,6 +223,11 @@ MODEL_CACHE_DIR = Path(os.environ.get("MODEL_CACHE_DIR") or _XDG_CACHE / "common
 WORKER_PRELOAD_MODELS = os.environ.get("WORKER_PRELOAD_MODELS", "")
 # Threads per worker process: one each suits a small model with one process per core.
 TORCH_NUM_THREADS = envint("TORCH_NUM_THREADS", 1)
+# An OpenAI-compatible config's API key is read from the environment variable it names, and only
+# from one whose name starts with this prefix: a config can never read SECRET_KEY or DATABASE_URL.
+MODEL_API_KEY_ENV_PREFIX = os.environ.get("MODEL_API_KEY_ENV_PREFIX", "CG_MODEL_KEY_")
+if not MODEL_API_KEY_ENV_PREFIX:
+    raise ImproperlyConfigured("MODEL_API_KEY_ENV_PREFIX must not be empty (it keeps model configs off other secrets)")
 
 LOGGING = {
     "version": 1,

@@ -36,3 +36,11 @@ def envfloat(name: str, default: float) -> float:
         return float(value)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be a number, not {value!r}") from None
+
+
+def envlist(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list: ``a, b,c`` → ``["a", "b", "c"]`` (blanks dropped; set but empty → [])."""
+    value = os.environ.get(name)
+    if value is None:
+        return list(default)
+    return [item.strip() for item in value.split(",") if item.strip()]

@@ -46,6 +46,9 @@ class ExportForm(forms.Form):
         required=False, min_value=0, max_value=1, help_text="Share of other votes agreeing (needs ≥ 2 votes)"
     )
     completed_only = forms.BooleanField(required=False)
+    include_excluded = forms.BooleanField(
+        required=False, help_text="Keep the work of raters excluded by quality control (left out by default)"
+    )
     include_ties = forms.BooleanField(required=False, help_text="dpo/reward/segments: keep tie and all-bad pairs")
     gamma = forms.FloatField(initial=0.9, min_value=0, max_value=1, help_text="multiturn: discount γ")
     grounding_weight = forms.FloatField(initial=0.0, help_text="multiturn: reward per grounding act")
@@ -128,11 +131,17 @@ class DatasetExportAdmin(admin.ModelAdmin):
         return render(request, "admin/exports/datasetexport/detail.html", context)
 
     def progress(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """The progress fragment the export's page polls (`exports.view_datasetexport`)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         export = get_object_or_404(DatasetExport.objects.select_related("study"), pk=pk)
         context = {"export": export, "files": services.export_files(export)}
         return render(request, "admin/exports/datasetexport/_progress.html", context)
 
     def download(self, request: HttpRequest, pk: int, name: str) -> StreamingHttpResponse:
+        """One of the export's files (`exports.view_datasetexport`)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         export = get_object_or_404(DatasetExport, pk=pk)
         if name not in services.export_files(export):  # only the export's own files, never a path
             raise Http404("No such file in this export.")
@@ -160,7 +169,11 @@ class StudyWithExportsAdmin(StudyAdmin):
     change_form_template = "admin/exports/study_change_form.html"
     actions = ["export_dataset"]
 
-    @admin.action(description="Export dataset…")
+    def has_export_permission(self, request: HttpRequest) -> bool:
+        """Who may request an export: the action is only offered (and only runs) with `exports.add_datasetexport`."""
+        return request.user.has_perm(f"{DatasetExport._meta.app_label}.add_{DatasetExport._meta.model_name}")
+
+    @admin.action(description="Export dataset…", permissions=["export"])
     def export_dataset(self, request: HttpRequest, queryset: QuerySet[Study]) -> HttpResponse:
         """Opens the export form for the selected study (an export covers one study)."""
         study = queryset.order_by("pk").first()

@@ -192,7 +192,8 @@ def _card_written(sel: Selection, staging: Path, *, writer: writers.RowWriter, s
     rows, size and digest)."""
     name = writer.path.name
     files = [{"path": name, "rows": writer.rows, "bytes": (staging / name).stat().st_size, "sha256": writer.sha256}]
-    (staging / "manifest.json").write_text(card.manifest_json(params=sel.params, files=files, stats=stats))
+    manifest = card.manifest_json(params=sel.params, files=files, stats=stats, quality=card.quality_manifest(sel))
+    (staging / "manifest.json").write_text(manifest)
     (staging / "README.md").write_text(card.card_markdown(sel=sel, files=files, stats=stats))
 
 

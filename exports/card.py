@@ -117,7 +117,24 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def manifest_json(*, params: ExportParams, files: list[dict[str, Any]], stats: SelectionStats) -> str:
+def quality_manifest(sel: Selection) -> dict[str, Any]:
+    """What quality control left out: raters excluded in the study (and their conversations), and whether
+    their work is left out of this export (the default) or kept (`include_excluded`)."""
+    return {
+        "excluded_raters": sel.excluded_raters,
+        "excluded_conversations": sel.excluded_conversations,
+        "excluded_work_left_out": not sel.params.include_excluded,
+        "attention_checks_left_out": True,
+    }
+
+
+def manifest_json(
+    *,
+    params: ExportParams,
+    files: list[dict[str, Any]],
+    stats: SelectionStats,
+    quality: dict[str, Any] | None = None,
+) -> str:
     """No export time in it: the same data and parameters give the same manifest."""
     manifest = {
         "app": "commonground",
@@ -128,6 +145,8 @@ def manifest_json(*, params: ExportParams, files: list[dict[str, Any]], stats: S
         "parameters": params.as_manifest(),
         "selection": stats.as_manifest(),
     }
+    if quality is not None:
+        manifest["quality_control"] = quality
     return json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -144,6 +163,7 @@ def card_markdown(*, sel: Selection, files: list[dict[str, Any]], stats: Selecti
         _front_matter(params, data_file),
         _collection(params, study),
         _counts(data_file, files[0]["rows"], stats),
+        _quality(sel),
         _agreement(stats),
         _taxonomy(sel.labels, stats),
         _parameters(params),
@@ -206,6 +226,32 @@ def _counts(data_file: str, rows: int, stats: SelectionStats) -> list[str]:
         f"| confirmed tags | {stats.tags} |",
         f"| raters | {len(stats.raters)} |",
         f"| models | {', '.join(sorted(stats.models)) or '-'} |",
+        "",
+    ]
+
+
+def _quality(sel: Selection) -> list[str]:
+    """What quality control kept out of the data: excluded raters' work, planted attention checks."""
+    n, conversations = sel.excluded_raters, sel.excluded_conversations
+    if n == 0:
+        excluded = "No rater of the study was excluded by quality control."
+    elif sel.params.include_excluded:
+        excluded = (
+            f"{n} rater{'s' if n != 1 else ''} ({conversations} conversation{'s' if conversations != 1 else ''}) "
+            "were excluded by quality control; this export keeps their work, as asked (`include_excluded`)."
+        )
+    else:
+        excluded = (
+            f"{n} rater{'s' if n != 1 else ''} excluded by quality control: their {conversations} "
+            f"conversation{'s' if conversations != 1 else ''}, and their votes and tags on other conversations, "
+            "are left out."
+        )
+    return [
+        "## Quality control",
+        "",
+        f"- {excluded}",
+        "- Planted attention-check replies (obviously broken replies shown to test raters' attention) and the "
+        "votes that failed them are left out.",
         "",
     ]
 

@@ -25,6 +25,7 @@ from psycopg.pq import Format
 
 from annotate import tree
 from annotate.models import Comparison, Conversation, Study, Turn
+from annotate.selectors import excluded_raters
 from labeling.models import Label, Tag
 from labeling.selectors import labels_for
 from workers.models import ModelConfig
@@ -59,6 +60,7 @@ class ExportParams:
     models: tuple[str, ...] = ()  # model config names; rows involving any other model are dropped
     min_agreement: float | None = None
     completed_only: bool = False
+    include_excluded: bool = False  # keep the work of raters excluded by quality control (Participant.excluded)
     include_ties: bool = False  # dpo/reward/segments: tie and all-bad votes as pairs, marked by `choice`
     gamma: float = 0.9  # multiturn: discount of later feedback and of the outcome
     grounding_weight: float = 0.0  # multiturn: reward per grounding act on the turn
@@ -293,10 +295,17 @@ class Selection:
     rater_names: dict[int, tuple[str, str]]
     details: bool = False  # read the turns' generation details and timings (DETAIL_FORMATS)
     span: Span | None = None  # only the conversations with ids in [first, next part's first)
+    # Raters excluded by quality control whose work is left out (none with `include_excluded`), and how many
+    # raters and conversations of the study that leaves out (for the dataset card).
+    excluded: frozenset[int] = frozenset()
+    excluded_raters: int = 0
+    excluded_conversations: int = 0
 
     def conversations(self) -> Any:
         p = self.params
         qs = Conversation.objects.filter(study=self.study)
+        if self.excluded:
+            qs = qs.exclude(rater_id__in=self.excluded)
         if p.completed_only:
             qs = qs.filter(status=Conversation.Status.COMPLETED)
         if p.since:
@@ -401,7 +410,10 @@ class Selection:
         siblings are appended in slot order (A, B, …), the order the formats rely on.
         """
         columns = ("conversation_id", *_TURN_COLUMNS, *(_TURN_DETAILS if self.details else ()))
-        turns = Turn.objects.filter(conversation_id__in=ids).order_by("conversation_id", "depth", "position", "id")
+        # Planted attention checks are never data: their tags and the votes that chose them go with them.
+        turns = Turn.objects.filter(conversation_id__in=ids, is_attention_check=False).order_by(
+            "conversation_id", "depth", "position", "id"
+        )
         model_names = self.model_names
         conv_turns: dict[int, TurnRow] = {}
         conv_id = None
@@ -418,8 +430,15 @@ class Selection:
                 parent_turn.children.append(turn)
 
     def _load_votes(self, by_id: dict[int, ConversationData], ids: list[int]) -> None:
-        """Every vote of the chunk, by branch point and then in the order they were cast."""
-        votes = Comparison.objects.filter(conversation_id__in=ids).order_by("conversation_id", "parent_id", "id")
+        """Every vote of the chunk, by branch point and then in the order they were cast; not those that failed
+        an attention check (they judged a planted nonsense reply) nor those of excluded raters."""
+        votes = (
+            Comparison.objects.filter(conversation_id__in=ids)
+            .exclude(attention_passed=False)
+            .order_by("conversation_id", "parent_id", "id")
+        )
+        if self.excluded:
+            votes = votes.exclude(rater_id__in=self.excluded)
         vote_fields = (
             "conversation_id", "id", "parent_id", "task", "choice", "chosen_id", "continued_from_id", "strength",
             "reason", "decision_ms", "rater_id", "created_at",
@@ -443,6 +462,8 @@ class Selection:
         tags = Tag.objects.filter(
             turn_id__gte=min(owner, default=0), turn_id__lte=max(owner, default=0), status=Tag.Status.CONFIRMED
         ).order_by("turn_id", "id")
+        if self.excluded:
+            tags = tags.exclude(rater_id__in=self.excluded)
         tag_fields = (
             "turn_id", "label_id", "rater_id", "task", "source", "span_start", "span_end", "linked_turn_id",
         )  # fmt: skip
@@ -517,6 +538,7 @@ def selection_open(params: ExportParams, *, refuse: Callable[[str], Exception]) 
         unknown = sorted(set(params.models) - set(model_names.values()))
         if unknown:
             raise refuse(f"No model config is called: {', '.join(unknown)}.")
+    excluded = frozenset(excluded_raters(study).values_list("user_id", flat=True))
     return Selection(
         params=params,
         study=study,
@@ -524,4 +546,9 @@ def selection_open(params: ExportParams, *, refuse: Callable[[str], Exception]) 
         model_names=model_names,
         rater_names={pk: (pseudonym(pk), name) for pk, name in usernames.items()},
         details=params.format in DETAIL_FORMATS,
+        excluded=frozenset() if params.include_excluded else excluded,
+        excluded_raters=len(excluded),
+        excluded_conversations=Conversation.objects.filter(study=study, rater_id__in=excluded).count()
+        if excluded
+        else 0,
     )

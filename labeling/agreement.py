@@ -174,3 +174,49 @@ def pairwise_kappa(units: Units[V]) -> list[PairKappa]:
         PairKappa(coder_a=a, coder_b=b, kappa=cohen_kappa(first, second), n=len(first))
         for (a, b), (first, second) in sorted(shared.items(), key=lambda item: (str(item[0][0]), str(item[0][1])))
     ]
+
+
+# --- one coder against the others (per-rater figures) ------------------------------------------
+
+
+def jaccard(a: Iterable[Hashable], b: Iterable[Hashable]) -> float:
+    """``|a ∩ b| / |a ∪ b|`` between two label sets; two empty sets are identical (1.0)."""
+    first, second = frozenset(a), frozenset(b)
+    union = first | second
+    return len(first & second) / len(union) if union else 1.0
+
+
+def coder_similarity(units: Units[V], distance: Distance[V] = nominal_distance) -> dict[Any, tuple[float, int]]:
+    """Each coder's mean similarity ``1 - distance`` to the other coders of the units they share.
+
+    Per coder: the mean over every (unit, other coder) pair, and the number of units with at least one
+    other coder. With :func:`masi_distance` on label sets this is a rater's tag agreement with the rest.
+    Coders who never share a unit are absent.
+    """
+    totals: dict[Any, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # similarity sum, pairs, units
+    for coded in units.values():
+        if len(coded) < 2:
+            continue
+        for coder, value in coded.items():
+            row = totals[coder]
+            for other, other_value in coded.items():
+                if other != coder:
+                    row[0] += 1.0 - distance(value, other_value)
+                    row[1] += 1
+            row[2] += 1
+    return {coder: (total / pairs, int(n)) for coder, (total, pairs, n) in totals.items()}
+
+
+def majority_agreement(units: Units[V]) -> dict[Any, tuple[int, int]]:
+    """Per coder, (units where their value is the other coders' most frequent value, units with at least
+    one other coder). When the others are split evenly, matching any of their top values counts."""
+    found: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
+    for coded in units.values():
+        if len(coded) < 2:
+            continue
+        for coder, value in coded.items():
+            others = Counter(v for other, v in coded.items() if other != coder)
+            top = max(others.values())
+            found[coder][0] += others[value] == top
+            found[coder][1] += 1
+    return {coder: (agreeing, n) for coder, (agreeing, n) in found.items()}

@@ -26,6 +26,20 @@ Choices, each as simple as the data allows:
   confirmed grounding-kind tag from anyone, per 100 replies, by model config; the human
   baseline is the same rate over the raters' own user turns. Untagged turns count as "no act",
   for replies and user turns alike.
+
+Quality control. Excluded raters (`Participant.excluded`) are left out of every figure unless
+`include_excluded`: their conversations (with every turn, vote and tag on them) and their own votes, tags
+and reviews anywhere. Planted attention checks (`Turn.is_attention_check`) are never part of the model
+figures, the coded turns or the tag counts, and a vote that failed one (`Comparison.attention_passed`
+false: the rater chose the nonsense reply, or a tie) is left out of vote agreement. Per rater:
+
+* gold accuracy: qualification answers passed (`GoldAnswer.passed`) and live attention checks passed,
+  over all of them;
+* vote agreement with others: the share of their votes, at branch points voted by two raters or more,
+  that match the most frequent value among the *other* votes there (`agreement.majority_agreement`);
+* tag agreement: mean MASI similarity (1 − distance) of their label set with each other coder's, over
+  the turns coded by two raters or more (`agreement.coder_similarity`);
+* median decision time: the median `Comparison.decision_ms` of their votes.
 """
 
 from __future__ import annotations
@@ -33,17 +47,20 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Q
+from django.db.models import Count, IntegerField, Model, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
-from annotate.models import Comparison, Conversation, Study, Turn
+from annotate.models import Comparison, Conversation, Participant, Study, Turn
 from labeling import agreement
-from labeling.models import Label, ReviewAssignment, Tag
+from labeling.models import GoldAnswer, Label, ReviewAssignment, Tag
 from labeling.selectors import labels_for
 
 CONFIRMED = Q(status=Tag.Status.CONFIRMED)
 SUGGESTION = Q(source=Tag.Source.SUGGESTION)
+_M = TypeVar("_M", bound=Model)
 
 
 @dataclass(frozen=True)
@@ -84,10 +101,27 @@ class RaterFigures:
     tags: int  # confirmed, live and review
     reviews: int
     median_decision_ms: float | None
+    gold_passed: int = 0  # qualification answers and live attention checks passed
+    gold_total: int = 0
+    votes_agreeing: int = 0  # votes matching the other votes' most frequent value
+    votes_compared: int = 0  # votes at branch points with another rater's vote
+    tag_agreement: float | None = None  # mean MASI similarity with the other coders
+    tag_turns: int = 0  # turns coded by them and someone else
+    qualification_score: float | None = None
+    flagged: bool = False
+    excluded: bool = False
 
     @property
     def median_decision_s(self) -> float | None:
         return self.median_decision_ms / 1000 if self.median_decision_ms is not None else None
+
+    @property
+    def gold_accuracy(self) -> float | None:
+        return self.gold_passed / self.gold_total if self.gold_total else None
+
+    @property
+    def vote_agreement(self) -> float | None:
+        return self.votes_agreeing / self.votes_compared if self.votes_compared else None
 
 
 @dataclass(frozen=True)
@@ -120,18 +154,30 @@ class StudyDashboard:
     raters: list[RaterFigures]
     model_rates: list[GroundingRate]
     user_baseline: GroundingRate
+    excluded_raters: int = 0  # excluded raters in the study (left out unless include_excluded)
+    include_excluded: bool = False
 
 
-def study_dashboard(*, study: Study) -> StudyDashboard:
-    """Every figure of the dashboard page, in a dozen queries whatever the size of the study."""
+def study_dashboard(*, study: Study, include_excluded: bool = False) -> StudyDashboard:
+    """Every figure of the dashboard page, in a dozen queries whatever the size of the study.
+
+    Excluded raters' work is left out unless `include_excluded` (see the module notes)."""
+    members = _members(study)
+    excluded_all = _excluded(members)
+    excluded = set() if include_excluded else excluded_all
     labels = labels_for(study)
-    coded, roles = _coded_turns(study)
+    coded, roles = _coded_turns(study, excluded)
     overlap = {turn_id: coders for turn_id, coders in coded.items() if len(coders) >= 2}
     set_units = {turn_id: {r: frozenset(s) for r, s in coders.items()} for turn_id, coders in overlap.items()}
-    label_counts, rater_tags = _tag_counts(study)
-    raters = _raters(study, rater_tags)
+    label_counts, rater_tags = _tag_counts(study, excluded)
+    vote_units = _vote_units(study, excluded)
+    agreement_by_rater = _Agreement(
+        votes=agreement.majority_agreement(vote_units),
+        tags=agreement.coder_similarity(set_units, agreement.masi_distance),
+    )
+    raters = _raters(study, rater_tags, excluded, agreement_by_rater, members)
     names = {rater_id: figures.username for rater_id, figures in raters.items()}
-    model_rates, baseline = _grounding_rates(study)
+    model_rates, baseline = _grounding_rates(study, excluded)
     return StudyDashboard(
         study=study,
         conversations=sum(r.conversations for r in raters.values()),
@@ -142,32 +188,51 @@ def study_dashboard(*, study: Study) -> StudyDashboard:
             PairFigures(rater_a=names[p.coder_a], rater_b=names[p.coder_b], kappa=p.kappa, turns=p.n)
             for p in agreement.pairwise_kappa(set_units)
         ],
-        votes=_vote_figures(study),
+        votes=_vote_figures(vote_units),
         raters=sorted(raters.values(), key=lambda r: r.username),
         model_rates=model_rates,
         user_baseline=baseline,
+        excluded_raters=len(excluded_all),
+        include_excluded=include_excluded,
     )
 
 
-def _coded_turns(study: Study) -> tuple[dict[int, dict[int, set[int]]], dict[int, str]]:
+def _without(qs: QuerySet[_M], excluded: set[int], *paths: str) -> QuerySet[_M]:
+    """`qs` without the rows whose user at each of `paths` (e.g. "rater_id") is an excluded rater."""
+    for path in paths if excluded else ():
+        qs = qs.exclude(**{f"{path}__in": excluded})
+    return qs
+
+
+def _tags(study: Study, excluded: set[int]) -> QuerySet[Tag]:
+    """The study's tags that count: not on a planted attention check, not by or on the work of an excluded rater."""
+    tags = Tag.objects.filter(turn__conversation__study=study, turn__is_attention_check=False)
+    return _without(tags, excluded, "rater_id", "turn__conversation__rater_id")
+
+
+def _coded_turns(study: Study, excluded: set[int]) -> tuple[dict[int, dict[int, set[int]]], dict[int, str]]:
     """{turn: {rater: label ids}} for every coded turn (see the module notes), and each turn's role."""
     coded: dict[int, dict[int, set[int]]] = defaultdict(dict)
     roles: dict[int, str] = {}
-    reply = Q(role=Turn.Role.ASSISTANT, status=Turn.Status.DONE)
+    reply = Q(role=Turn.Role.ASSISTANT, status=Turn.Status.DONE, is_attention_check=False)
     if not study.review_all_branches:
         lived = Comparison.objects.filter(conversation__study=study, task=Comparison.Task.LIVE)
         reply &= Q(pk__in=lived.values("continued_from_id"))
     covered = (
-        Turn.objects.filter(conversation__study=study, conversation__reviews__isnull=False)
+        _without(Turn.objects.filter(conversation__study=study, conversation__reviews__isnull=False), excluded,
+                 "conversation__rater_id")
         .filter(Q(role=Turn.Role.USER) | reply)
         .order_by()
         .values_list("pk", "role", "conversation__reviews__rater_id")
-    )
+    )  # fmt: skip
     for turn_id, role, rater_id in covered:
+        if rater_id in excluded:
+            continue
         coded[turn_id].setdefault(rater_id, set())
         roles[turn_id] = role
     tags = (
-        Tag.objects.filter(CONFIRMED, turn__conversation__study=study)
+        _tags(study, excluded)
+        .filter(CONFIRMED)
         .order_by()  # no sort: the rows go into sets
         .values_list("turn_id", "turn__role", "rater_id", "label_id")
     )
@@ -177,10 +242,10 @@ def _coded_turns(study: Study) -> tuple[dict[int, dict[int, set[int]]], dict[int
     return coded, roles
 
 
-def _tag_counts(study: Study) -> tuple[dict[int, Counter[str]], Counter[int]]:
+def _tag_counts(study: Study, excluded: set[int]) -> tuple[dict[int, Counter[str]], Counter[int]]:
     """Tag counts by label (confirmed, live, review, suggestions by outcome) and confirmed tags by rater."""
     rows = (
-        Tag.objects.filter(turn__conversation__study=study)
+        _tags(study, excluded)
         .values("label_id", "rater_id")
         .annotate(
             confirmed=Count("pk", filter=CONFIRMED),
@@ -249,8 +314,16 @@ def _label_figures(
     return figures
 
 
-def _vote_figures(study: Study) -> VoteFigures:
-    comparisons = Comparison.objects.filter(conversation__study=study).order_by()
+def _comparisons(study: Study, excluded: set[int]) -> QuerySet[Comparison]:
+    """The study's votes that count: not by or on the work of an excluded rater."""
+    comparisons = Comparison.objects.filter(conversation__study=study)
+    return _without(comparisons, excluded, "rater_id", "conversation__rater_id")
+
+
+def _vote_units(study: Study, excluded: set[int]) -> dict[int, dict[int, int | str]]:
+    """{user turn: {rater: chosen reply id, "tie" or "all_bad"}} over the user turns voted by two raters or
+    more; votes that failed an attention check are left out (they judged a planted nonsense reply)."""
+    comparisons = _comparisons(study, excluded).exclude(attention_passed=False).order_by()
     shared = comparisons.values("parent_id").annotate(raters=Count("rater_id", distinct=True)).filter(raters__gte=2)
     units: dict[int, dict[int, int | str]] = defaultdict(dict)
     rows = comparisons.filter(parent_id__in=shared.values("parent_id")).values_list(
@@ -258,53 +331,145 @@ def _vote_figures(study: Study) -> VoteFigures:
     )
     for parent_id, rater_id, choice, chosen_id in rows:
         units[parent_id][rater_id] = chosen_id if chosen_id is not None else choice
+    return units
+
+
+def _vote_figures(units: dict[int, dict[int, int | str]]) -> VoteFigures:
     unanimous = sum(len(set(votes.values())) == 1 for votes in units.values())
     return VoteFigures(comparisons=len(units), alpha=agreement.krippendorff_alpha(units), unanimous=unanimous)
 
 
-def _raters(study: Study, tags: Counter[int]) -> dict[int, RaterFigures]:
-    conversations = dict(
-        Conversation.objects.filter(study=study).values("rater_id").annotate(n=Count("pk")).values_list("rater_id", "n")
+@dataclass(frozen=True)
+class _Agreement:
+    votes: dict[int, tuple[int, int]]  # rater → (votes agreeing with the others' majority, votes compared)
+    tags: dict[int, tuple[float, int]]  # rater → (mean MASI similarity, turns shared)
+
+
+@dataclass(frozen=True)
+class _Member:
+    """A rater's Participant row in the study, as the dashboard reads it."""
+
+    excluded: bool
+    flagged: bool
+    qualification_score: float | None
+
+
+def _members(study: Study) -> dict[int, _Member]:
+    """The study's participants by user id (one query): who is excluded, flagged, and how they qualified."""
+    rows = Participant.objects.filter(study=study).values_list("user_id", "excluded", "flagged", "qualification_score")
+    return {user_id: _Member(excluded, flagged, score) for user_id, excluded, flagged, score in rows}
+
+
+def _excluded(members: dict[int, _Member]) -> set[int]:
+    return {user_id for user_id, member in members.items() if member.excluded}
+
+
+def _names_and_gold(study: Study, ids: set[int], excluded: set[int]) -> dict[int, tuple[str, int, int]]:
+    """{rater: (username, gold answers passed, gold answers)} for these raters and every rater who answered a
+    gold item of the study (one query: the answers are counted in subqueries)."""
+    answers = GoldAnswer.objects.filter(item__study=study, rater_id=OuterRef("pk")).order_by().values("rater_id")
+
+    def counted(qs: QuerySet[GoldAnswer, Any]) -> Coalesce:
+        return Coalesce(Subquery(qs.annotate(n=Count("pk")).values("n"), output_field=IntegerField()), 0)
+
+    gold_raters = GoldAnswer.objects.filter(item__study=study).values("rater_id")
+    users = _without(get_user_model().objects.filter(Q(pk__in=ids) | Q(pk__in=gold_raters)), excluded, "pk")
+    rows = users.annotate(gold_n=counted(answers), gold_ok=counted(answers.filter(passed=True))).values_list(
+        "pk", "username", "gold_n", "gold_ok"
     )
-    reviews = dict(
-        ReviewAssignment.objects.filter(conversation__study=study)
+    return {pk: (username, ok, n) for pk, username, n, ok in rows}
+
+
+def _raters(
+    study: Study,
+    tags: Counter[int],
+    excluded: set[int],
+    agreed: _Agreement | None = None,
+    members: dict[int, _Member] | None = None,
+) -> dict[int, RaterFigures]:
+    agreed = agreed or _Agreement(votes={}, tags={})
+    members = members or {}
+    conversations = dict(
+        _without(Conversation.objects.filter(study=study), excluded, "rater_id")
         .values("rater_id")
         .annotate(n=Count("pk"))
         .values_list("rater_id", "n")
     )
-    # One row per vote (two integers): the median is portable this way (SQLite has no percentile).
+    reviews = dict(
+        _without(ReviewAssignment.objects.filter(conversation__study=study), excluded, "rater_id",
+                 "conversation__rater_id")
+        .values("rater_id")
+        .annotate(n=Count("pk"))
+        .values_list("rater_id", "n")
+    )  # fmt: skip
+    # One row per vote (small values): the median is portable this way (SQLite has no percentile).
     votes: dict[int, list[int | None]] = defaultdict(list)
-    for rater_id, ms in (
-        Comparison.objects.filter(conversation__study=study).order_by().values_list("rater_id", "decision_ms")
-    ):
+    checks: dict[int, list[bool]] = defaultdict(list)  # live attention checks: passed or not
+    rows = _comparisons(study, excluded).order_by().values_list("rater_id", "decision_ms", "attention_passed")
+    for rater_id, ms, attention_passed in rows:
         votes[rater_id].append(ms)
+        if attention_passed is not None:
+            checks[rater_id].append(attention_passed)
     ids = set(conversations) | {rater_id for rater_id, n in tags.items() if n} | set(reviews) | set(votes)
-    names = dict(get_user_model().objects.filter(pk__in=ids).values_list("pk", "username"))
+    people = _names_and_gold(study, ids, excluded)
     figures = {}
-    for rater_id in ids:
+    for rater_id, (username, gold_ok, gold_n) in people.items():
         timed = [ms for ms in votes[rater_id] if ms is not None]
+        member = members.get(rater_id)
+        vote_agreeing, vote_compared = agreed.votes.get(rater_id, (0, 0))
+        tag_similarity, tag_turns = agreed.tags.get(rater_id, (None, 0))
         figures[rater_id] = RaterFigures(
-            username=names.get(rater_id, f"#{rater_id}"),
+            username=username,
             conversations=conversations.get(rater_id, 0),
             votes=len(votes[rater_id]),
             tags=tags.get(rater_id, 0),
             reviews=reviews.get(rater_id, 0),
             median_decision_ms=statistics.median(timed) if timed else None,
+            gold_passed=gold_ok + sum(checks[rater_id]),
+            gold_total=gold_n + len(checks[rater_id]),
+            votes_agreeing=vote_agreeing,
+            votes_compared=vote_compared,
+            tag_agreement=tag_similarity,
+            tag_turns=tag_turns,
+            qualification_score=member.qualification_score if member else None,
+            flagged=member.flagged if member else False,
+            excluded=member.excluded if member else False,
         )
     return figures
 
 
-def _grounding_rates(study: Study) -> tuple[list[GroundingRate], GroundingRate]:
+def rater_figures(*, study: Study, rater_id: int) -> RaterFigures | None:
+    """One rater's row of the dashboard (their work counted even if they are excluded), for the
+    Participant admin; None when they have done nothing in the study yet."""
+    members = _members(study)
+    excluded = _excluded(members) - {rater_id}
+    coded, _ = _coded_turns(study, excluded)
+    set_units = {t: {r: frozenset(s) for r, s in coders.items()} for t, coders in coded.items() if len(coders) >= 2}
+    _, tags = _tag_counts(study, excluded)
+    agreed = _Agreement(
+        votes=agreement.majority_agreement(_vote_units(study, excluded)),
+        tags=agreement.coder_similarity(set_units, agreement.masi_distance),
+    )
+    return _raters(study, tags, excluded, agreed, members).get(rater_id)
+
+
+def _grounding_rates(study: Study, excluded: set[int]) -> tuple[list[GroundingRate], GroundingRate]:
     # Two flat scans counted here: PostgreSQL ran COUNT(...) FILTER (WHERE id IN (subquery)) as
     # 3.5 s on a 2,000-conversation study; the grounded turn ids fit in a set.
     grounded = set(
-        Tag.objects.filter(CONFIRMED, turn__conversation__study=study, label__kind=Label.Kind.GROUNDING)
+        _tags(study, excluded)
+        .filter(CONFIRMED, label__kind=Label.Kind.GROUNDING)
         .order_by()
         .values_list("turn_id", flat=True)
     )
     counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     turns = (
-        Turn.objects.filter(conversation__study=study, status=Turn.Status.DONE, is_rewrite=False)
+        _without(
+            Turn.objects.filter(conversation__study=study, status=Turn.Status.DONE, is_rewrite=False),
+            excluded,
+            "conversation__rater_id",
+        )
+        .filter(is_attention_check=False)  # planted: never a model's reply
         .order_by()
         .values_list("pk", "role", "model_config__name")
     )

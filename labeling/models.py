@@ -64,15 +64,20 @@ class ReviewAssignment(models.Model):
     class Status(models.TextChoices):
         OPEN = "open"
         DONE = "done"
+        EXPIRED = "expired", "Expired (no activity within the study's assignment timeout)"
 
     conversation = models.ForeignKey("annotate.Conversation", on_delete=models.CASCADE, related_name="reviews")
     rater = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="reviews")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     created_at = models.DateTimeField(auto_now_add=True)
     done_at = models.DateTimeField(null=True, blank=True)
+    last_activity_at = models.DateTimeField(
+        null=True, blank=True, help_text="Claim, last tag or vote of the reviewer: expiry counts from here."
+    )
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "last_activity_at"])]
         constraints = [models.UniqueConstraint(fields=["conversation", "rater"], name="review_once_per_rater")]
 
     def __str__(self) -> str:
@@ -128,3 +133,60 @@ class Tag(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} on turn {self.turn_id}"
+
+
+class GoldItem(models.Model):
+    """A reply with known tags: raters tag it before real work (qualification), or meet it as a check.
+
+    A rater's answer is scored against `expected_labels` (see `labeling.services.gold_score`); an item
+    whose expected set is empty expects "no label applies".
+    """
+
+    class Kind(models.TextChoices):
+        QUALIFICATION = "qualification", "Qualification (before real work)"
+        ATTENTION = "attention", "Attention check"
+
+    study = models.ForeignKey("annotate.Study", on_delete=models.CASCADE, related_name="gold_items")
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.QUALIFICATION)
+    external_id = models.CharField(
+        max_length=100, blank=True, help_text="Stable id from the import file: re-imports update the item."
+    )
+    context = models.TextField(help_text="The user message the reply answers.")
+    reply = models.TextField(help_text="The assistant reply the rater tags.")
+    expected_labels = models.ManyToManyField(
+        Label, blank=True, related_name="gold_items", help_text="The study's labels the reply carries (none: none)."
+    )
+    explanation = models.TextField(blank=True, help_text="Why these labels: shown to the rater once they finished.")
+    order = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["study", "kind", "order", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["study", "external_id"],
+                condition=~models.Q(external_id=""),
+                name="golditem_unique_external_id",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} item {self.external_id or self.pk}"
+
+
+class GoldAnswer(models.Model):
+    """A rater's tags on a gold item, scored once: the first answer stands."""
+
+    item = models.ForeignKey(GoldItem, on_delete=models.CASCADE, related_name="answers")
+    rater = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="gold_answers")
+    labels = models.ManyToManyField(Label, blank=True, related_name="+")
+    score = models.FloatField(help_text="Jaccard similarity of the labels given and the labels expected (0–1).")
+    passed = models.BooleanField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["item", "created_at"]
+        constraints = [models.UniqueConstraint(fields=["item", "rater"], name="goldanswer_once_per_rater")]
+
+    def __str__(self) -> str:
+        return f"{self.rater} on {self.item}: {'passed' if self.passed else 'failed'}"

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from django.contrib.auth.models import User
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from annotate import tree
-from annotate.models import Comparison, Conversation, Study, Turn
-from annotate.selectors import lived_path
-from labeling.models import Label, ReviewAssignment, Tag, Taxonomy
+from annotate.models import Comparison, Conversation, Participant, Study, Turn
+from annotate.selectors import excluded_raters, lived_path, requeued_raters
+from labeling.models import GoldAnswer, GoldItem, Label, ReviewAssignment, Tag, Taxonomy
 
 DEFAULT_TAXONOMY_SLUG = "default"
 
@@ -24,8 +25,12 @@ def taxonomy_for(study: Study) -> Taxonomy | None:
 
 
 def labels_for(study: Study) -> list[Label]:
-    taxonomy = taxonomy_for(study)
-    return list(taxonomy.labels.all()) if taxonomy is not None else []
+    """The labels of the study's taxonomy (`taxonomy_for`), in one query."""
+    if study.taxonomy_id is not None:
+        labels = Label.objects.filter(taxonomy_id=study.taxonomy_id)
+    else:
+        labels = Label.objects.filter(taxonomy__slug=DEFAULT_TAXONOMY_SLUG)
+    return list(labels.select_related("taxonomy").order_by("order", "name"))
 
 
 def tags_by_turn(*, turn_ids: Iterable[int], rater: User, task: str) -> dict[int, list[Tag]]:
@@ -44,23 +49,33 @@ def tags_by_turn(*, turn_ids: Iterable[int], rater: User, task: str) -> dict[int
 # --- review pass ---------------------------------------------------------------------------
 
 
+# Reviews holding a place towards `study.review_overlap`: open and done ones (an expired one gave it back).
+REVIEWS_HOLDING_A_PLACE = (ReviewAssignment.Status.OPEN, ReviewAssignment.Status.DONE)
+
+
 def reviewable_conversations(*, study: Study, rater: User) -> QuerySet[Conversation]:
-    """Finished conversations of the study this rater may still claim: not their own, not reviewed
-    by them, and reviewed by fewer than `study.review_overlap` raters. Least reviewed first, then the
-    longest finished, so a claim spreads reviews evenly."""
+    """Finished conversations of the study this rater may still claim: not their own, never reviewed
+    by them (an expired review of theirs included), not by an excluded rater, and with fewer than
+    `study.review_overlap` open or done reviews (expired ones, and those by raters excluded with their work
+    re-queued, do not count). Least reviewed first, then the longest finished, so a claim spreads reviews
+    evenly. Only meaningful under the study's lock (`services.review_claim`)."""
+    counted = Q(reviews__status__in=REVIEWS_HOLDING_A_PLACE) & ~Q(reviews__rater_id__in=requeued_raters(study))
     return (
         Conversation.objects.filter(study=study, status=Conversation.Status.COMPLETED)
         .exclude(rater=rater)
+        .exclude(rater_id__in=excluded_raters(study))
         .exclude(reviews__rater=rater)
-        .annotate(n_reviews=Count("reviews", distinct=True))
+        .annotate(n_reviews=Count("reviews", filter=counted, distinct=True))
         .filter(n_reviews__lt=study.review_overlap)
         .order_by("n_reviews", "ended_at", "pk")
     )
 
 
 def review_overview(rater: User) -> list[dict[str, object]]:
-    """Studies where the rater has review work: conversations left to claim and their open review."""
-    studies = Study.objects.filter(review_overlap__gt=0, conversations__status=Conversation.Status.COMPLETED)
+    """Active studies where the rater has review work: conversations left to claim and their open review."""
+    studies = Study.objects.filter(
+        is_active=True, review_overlap__gt=0, conversations__status=Conversation.Status.COMPLETED
+    )
     rows = []
     for study in studies.distinct().order_by("name"):
         available = reviewable_conversations(study=study, rater=rater).count()
@@ -85,7 +100,9 @@ def review_turns(conversation: Conversation, *, all_branches: bool) -> list[Turn
     path = lived_path(conversation)
     if not all_branches:
         return path
-    replies = tree.replies_by_parent(conversation.turns.filter(role=Turn.Role.ASSISTANT).select_related("model_config"))
+    replies = tree.replies_by_parent(
+        conversation.turns.filter(role=Turn.Role.ASSISTANT, is_attention_check=False).select_related("model_config")
+    )
     ordered: list[Turn] = []
     for turn in path:
         if turn.role == Turn.Role.USER:
@@ -96,9 +113,12 @@ def review_turns(conversation: Conversation, *, all_branches: bool) -> list[Turn
 
 def compared_replies(user_turns: Iterable[Turn]) -> dict[int, list[Turn]]:
     """What a vote on each of these user turns compares, by user turn id: its finished candidates in slot
-    order (`tree.finished_candidates`). One query, whether for a review page or for a single vote."""
+    order (`tree.finished_candidates`). One query, whether for a review page or for a single vote.
+    Planted attention checks are left out: they test the live rater only."""
     ids = [turn.pk for turn in user_turns]
-    replies = tree.replies_by_parent(Turn.objects.filter(parent_id__in=ids, role=Turn.Role.ASSISTANT))
+    replies = tree.replies_by_parent(
+        Turn.objects.filter(parent_id__in=ids, role=Turn.Role.ASSISTANT, is_attention_check=False)
+    )
     return {pk: tree.finished_candidates(replies.get(pk, [])) for pk in ids}
 
 
@@ -115,3 +135,87 @@ def review_vote_steps(*, conversation: Conversation, rater: User, path: list[Tur
         for turn in user_turns
         if len(candidates[turn.pk]) >= 2
     }
+
+
+# --- qualification -------------------------------------------------------------------------
+
+
+def participant_of(study: Study, rater: User) -> Participant | None:
+    """The rater's place in the study, if they have one yet (pages only read it; services create it)."""
+    return Participant.objects.filter(study=study, user=rater).first()
+
+
+def qualification_items(study: Study) -> list[GoldItem]:
+    return list(
+        GoldItem.objects.filter(study=study, kind=GoldItem.Kind.QUALIFICATION).prefetch_related("expected_labels")
+    )
+
+
+def has_qualification(study: Study) -> bool:
+    return GoldItem.objects.filter(study=study, kind=GoldItem.Kind.QUALIFICATION).exists()
+
+
+@dataclass
+class QualificationState:
+    """Where a rater stands in a study's qualification."""
+
+    study: Study
+    participant: Participant | None
+    items: list[GoldItem]
+    answers: dict[int, GoldAnswer] = field(default_factory=dict)  # by item id
+
+    @property
+    def required(self) -> bool:
+        """Whether the rater still has to pass before real work (failing does not lift it)."""
+        return bool(self.items) and not self.qualified
+
+    @property
+    def qualified(self) -> bool:
+        return self.participant is not None and self.participant.qualified_at is not None
+
+    @property
+    def failed(self) -> bool:
+        """Screened out, or every item answered without reaching the pass mark."""
+        if self.qualified:
+            return False
+        if self.participant is not None and self.participant.status == Participant.Status.SCREENED_OUT:
+            return True
+        return bool(self.items) and self.next_item is None
+
+    @property
+    def next_item(self) -> GoldItem | None:
+        return next((item for item in self.items if item.pk not in self.answers), None)
+
+    @property
+    def number(self) -> int:
+        """The next item's number, from 1."""
+        return len(self.answers) + 1
+
+    @property
+    def passed(self) -> int:
+        return sum(answer.passed for answer in self.answers.values())
+
+
+def qualification_state(study: Study, rater: User) -> QualificationState:
+    items = qualification_items(study)
+    answers = GoldAnswer.objects.filter(item__in=items, rater=rater).prefetch_related("labels")
+    return QualificationState(
+        study=study,
+        participant=participant_of(study, rater),
+        items=items,
+        answers={answer.item_id: answer for answer in answers},
+    )
+
+
+def studies_to_qualify(studies: Iterable[Study], rater: User) -> set[int]:
+    """Of these studies, the ids of those whose qualification the rater still has to take (two queries)."""
+    ids = {study.pk for study in studies}
+    with_items = set(
+        GoldItem.objects.filter(study_id__in=ids, kind=GoldItem.Kind.QUALIFICATION).values_list("study_id", flat=True)
+    )
+    qualified = set(
+        Participant.objects.filter(study_id__in=with_items, user=rater, qualified_at__isnull=False).values_list(
+            "study_id", flat=True
+        )
+    )
+    return with_items - qualified

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import models, transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from annotate.models import Comparison, Conversation, Study, Turn
-from annotate.services import comparison_clean
+from annotate.models import Comparison, Conversation, Participant, Study, Turn
+from annotate.panel import participant_screen_out
+from annotate.services import comparison_clean, conversation_touch, expired_message, gold_passed_add
 from core.errors import ActionRefused
-from labeling.models import Label, ReviewAssignment, Tag, Taxonomy
-from labeling.selectors import DEFAULT_TAXONOMY_SLUG, compared_replies, reviewable_conversations, taxonomy_for
+from core.validation import check_storable, check_structure, is_id, parse_json, unstorable
+from labeling import agreement
+from labeling.models import GoldAnswer, GoldItem, Label, ReviewAssignment, Tag, Taxonomy
+from labeling.selectors import (
+    DEFAULT_TAXONOMY_SLUG,
+    compared_replies,
+    labels_for,
+    qualification_state,
+    reviewable_conversations,
+    taxonomy_for,
+)
 
 DEFAULT_TAXONOMY_FILE = Path(__file__).parent / "default_taxonomy.yaml"
 LABEL_FIELDS = ("name", "title", "kind", "definition", "examples", "roles", "takes_span", "links_turn", "polarity",
@@ -36,40 +50,156 @@ def taxonomy_to_yaml(taxonomy: Taxonomy) -> str:
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
 
 
-@transaction.atomic
-def taxonomy_from_yaml(text: str, *, slug: str | None = None) -> Taxonomy:
-    """Create or replace a taxonomy from YAML. Labels already used by tags are updated, never deleted."""
+# Keys the rating pages already use: the vote keys of session.js (1–9 pick a reply, t tie, b all bad,
+# s strength, r rewrite) and tagging.js's [ and ] (move the tag focus). A label cannot take them.
+RESERVED_KEYS = frozenset("123456789tbsr[]")
+MAX_LABELS = 500
+MAX_EXAMPLE_CHARS = 2000
+_SLUG = re.compile(r"[-a-zA-Z0-9_]+")
+_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def _max_length(model: type[Label] | type[Taxonomy], field: str) -> int:
+    found = model._meta.get_field(field)
+    assert isinstance(found, models.Field) and found.max_length is not None, field
+    return found.max_length
+
+
+def _yaml_type(value: object) -> str:
+    names = {bool: "true/false", dict: "a mapping", list: "a list", type(None): "empty", str: "text"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _text(
+    where: str, field: str, value: object, *, limit: int | None = None, one_line: bool = False, strip: bool = True
+) -> str:
+    """A text field of the taxonomy or a label: a string, storable, one line if asked, within `limit`."""
+    if not isinstance(value, str):
+        raise ActionRefused(f"{where}: '{field}' must be text, not {_yaml_type(value)}.")
+    text = check_storable(value.strip() if strip else value, what=f"{where}: '{field}'")
+    if one_line and ("\n" in text or "\r" in text):
+        raise ActionRefused(f"{where}: '{field}' must be one line.")
+    if limit is not None and len(text) > limit:
+        raise ActionRefused(f"{where}: '{field}' is {len(text):,} characters long; the limit is {limit:,}.")
+    return text
+
+
+def _slug(where: str, field: str, value: object, *, limit: int) -> str:
+    slug = _text(where, field, value, limit=limit, strip=False)
+    if not _SLUG.fullmatch(slug):
+        raise ActionRefused(f"{where}: '{field}' must be a slug (letters, digits, - and _ only), not {slug[:40]!r}.")
+    return slug
+
+
+def _label_key(where: str, value: object) -> str:
+    """A label's keyboard shortcut: one character, typed without shift, not a key the pages already use."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 9:
+        value = str(value)  # YAML reads `key: 0` as a number
+    key = _text(where, "key", "" if value is None else value)
+    if not key:
+        return ""
+    if len(key) != 1 or not key.isprintable() or key.isspace():
+        raise ActionRefused(f"{where}: 'key' must be one printable character, not {key[:10]!r}.")
+    if key != key.lower():
+        raise ActionRefused(f"{where}: 'key' must be lower case ({key.lower()!r}): shortcuts ignore shift.")
+    if key in RESERVED_KEYS:
+        reserved = " ".join(sorted(RESERVED_KEYS))
+        raise ActionRefused(f"{where}: the key {key!r} is taken by the rating page (reserved: {reserved}).")
+    return key
+
+
+def _label_fields(number: int, raw: object) -> tuple[str, dict[str, Any]]:
+    """One label of a taxonomy document, every field checked: (name, the other fields to store)."""
+    if not isinstance(raw, dict):
+        raise ActionRefused(f"Label {number}: a label is a mapping of fields, not {_yaml_type(raw)}.")
+    where = f"Label {number}"
+    if not raw.get("name") or not raw.get("definition"):
+        raise ActionRefused(f"{where}: 'name' and 'definition' are required.")
+    unknown = {str(k) for k in raw} - set(LABEL_FIELDS)
+    if unknown:
+        raise ActionRefused(f"{where}: unknown fields {', '.join(sorted(unknown))}.")
+    name = _slug(where, "name", raw["name"], limit=_max_length(Label, "name"))
+    if name.isdecimal():
+        raise ActionRefused(f"{where}: 'name' cannot be only digits (the tag form reads digits as a label's id).")
+    where = f"Label {number} ({name})"
+    fields: dict[str, Any] = {"definition": _text(where, "definition", raw["definition"])}
+    fields["title"] = _text(
+        where, "title", raw.get("title") or name.replace("-", " ").capitalize(),
+        limit=_max_length(Label, "title"), one_line=True,
+    )  # fmt: skip
+    for field, choices in (("kind", Label.Kind.values), ("roles", Label.Roles.values)):
+        if field in raw:
+            if raw[field] not in choices:
+                raise ActionRefused(f"{where}: {field} must be one of {', '.join(choices)}.")
+            fields[field] = raw[field]
+    examples = raw.get("examples") or []
+    if not isinstance(examples, list):
+        raise ActionRefused(f"{where}: 'examples' must be a list of texts, not {_yaml_type(examples)}.")
+    fields["examples"] = [
+        _text(f"{where}, example {i}", "examples", example, limit=MAX_EXAMPLE_CHARS)
+        for i, example in enumerate(examples, start=1)
+    ]
+    for field in ("takes_span", "links_turn"):
+        if field in raw:
+            if not isinstance(raw[field], bool):
+                raise ActionRefused(f"{where}: '{field}' must be true or false, not {_yaml_type(raw[field])}.")
+            fields[field] = raw[field]
+    if "polarity" in raw:
+        polarity = raw["polarity"]
+        if not isinstance(polarity, int) or isinstance(polarity, bool) or polarity not in (-1, 0, 1):
+            raise ActionRefused(f"{where}: 'polarity' must be -1, 0 or 1, not {str(polarity)[:20]!r}.")
+        fields["polarity"] = polarity
+    fields["key"] = _label_key(where, raw.get("key"))
+    if "colour" in raw:
+        colour = _text(where, "colour", raw["colour"])
+        if not _COLOUR.fullmatch(colour):
+            raise ActionRefused(f"{where}: 'colour' must be #rrggbb (e.g. #2f5bd3), not {colour[:20]!r}.")
+        fields["colour"] = colour
+    return name, fields
+
+
+def _taxonomy_document(text: str) -> dict[str, Any]:
+    """The parsed YAML, refused when it does not parse, nests too deep or holds what cannot be stored."""
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ActionRefused(f"The YAML does not parse: {exc}") from None
+    except RecursionError:
+        raise ActionRefused("The YAML is nested too deep.") from None
     if not isinstance(document, dict) or not isinstance(document.get("labels"), list):
         raise ActionRefused("A taxonomy is a mapping with 'name', 'slug' and a list of 'labels'.")
-    slug = slug or str(document.get("slug") or "").strip()
+    # taxonomy → labels → label → examples → example: one level more is left to the fields' own checks
+    check_structure(document, what="The taxonomy", max_depth=5)
+    return document
+
+
+@transaction.atomic
+def taxonomy_from_yaml(text: str, *, slug: str | None = None) -> Taxonomy:
+    """Create or replace a taxonomy from YAML. Labels already used by tags are updated, never deleted.
+
+    Every field of the document and of each label is checked (type, choices, length, storable text)
+    before anything is written: a refused file changes nothing.
+    """
+    document = _taxonomy_document(text)
+    where = "The taxonomy"
+    slug = _slug(where, "slug", slug or document.get("slug") or "", limit=_max_length(Taxonomy, "slug"))
     if not slug:
         raise ActionRefused("The taxonomy needs a 'slug'.")
-    taxonomy, _ = Taxonomy.objects.update_or_create(
-        slug=slug,
-        defaults={"name": str(document.get("name") or slug), "description": str(document.get("description") or "")},
-    )
-    seen_names, seen_keys = set(), set()
-    for order, raw in enumerate(document["labels"]):
-        if not isinstance(raw, dict) or not raw.get("name") or not raw.get("definition"):
-            raise ActionRefused(f"Label {order + 1}: 'name' and 'definition' are required.")
-        unknown = set(raw) - set(LABEL_FIELDS)
-        if unknown:
-            raise ActionRefused(f"Label {raw['name']}: unknown fields {', '.join(sorted(unknown))}.")
-        fields: dict[str, Any] = {k: raw[k] for k in LABEL_FIELDS if k in raw and k != "name"}
-        fields.setdefault("title", str(raw["name"]).replace("-", " ").capitalize())
-        fields["key"] = str(fields.get("key") or "")[:1]
-        for field, choices in (("kind", Label.Kind.values), ("roles", Label.Roles.values)):
-            if field in fields and fields[field] not in choices:
-                raise ActionRefused(f"Label {raw['name']}: {field} must be one of {', '.join(choices)}.")
-        if raw["name"] in seen_names or (fields["key"] and fields["key"] in seen_keys):
-            raise ActionRefused(f"Label {raw['name']}: its name or key is used twice.")
-        seen_names.add(raw["name"])
+    name = _text(where, "name", document.get("name") or slug, limit=_max_length(Taxonomy, "name"), one_line=True)
+    description = _text(where, "description", document.get("description") or "")
+    if len(document["labels"]) > MAX_LABELS:
+        raise ActionRefused(f"A taxonomy has at most {MAX_LABELS} labels; this one has {len(document['labels'])}.")
+    labels = [_label_fields(number, raw) for number, raw in enumerate(document["labels"], start=1)]
+    seen_names: set[str] = set()
+    seen_keys: set[str] = set()
+    for label_name, fields in labels:
+        if label_name in seen_names or (fields["key"] and fields["key"] in seen_keys):
+            raise ActionRefused(f"Label {label_name}: its name or key is used twice.")
+        seen_names.add(label_name)
         seen_keys.add(fields["key"])
-        Label.objects.update_or_create(taxonomy=taxonomy, name=raw["name"], defaults={**fields, "order": order})
+    taxonomy, _ = Taxonomy.objects.update_or_create(slug=slug, defaults={"name": name, "description": description})
+    for order, (label_name, fields) in enumerate(labels):
+        Label.objects.update_or_create(taxonomy=taxonomy, name=label_name, defaults={**fields, "order": order})
     unused = taxonomy.labels.exclude(name__in=seen_names).filter(tags__isnull=True)
     unused.delete()
     return taxonomy
@@ -96,10 +226,13 @@ def _taggable_turn(*, rater: User, turn_id: int, task: str) -> Turn:
     conversation = turn.conversation
     if task == Tag.Task.LIVE:
         allowed = conversation.rater_id == rater.pk and conversation.status == Conversation.Status.ACTIVE
+        if conversation.rater_id == rater.pk and conversation.status == Conversation.Status.EXPIRED:
+            raise ActionRefused(expired_message(conversation.study), status=409)
     elif task == Tag.Task.REVIEW:
-        allowed = ReviewAssignment.objects.filter(
-            conversation=conversation, rater=rater, status=ReviewAssignment.Status.OPEN
-        ).exists()
+        review = ReviewAssignment.objects.filter(conversation=conversation, rater=rater).first()
+        allowed = review is not None and review.status == ReviewAssignment.Status.OPEN
+        if review is not None and review.status == ReviewAssignment.Status.EXPIRED:
+            raise ActionRefused(review_expired_message(conversation.study), status=409)
     else:
         raise ActionRefused(f"Unknown task {task!r}.")
     if not allowed:
@@ -109,9 +242,29 @@ def _taggable_turn(*, rater: User, turn_id: int, task: str) -> Turn:
     return turn
 
 
+def _activity(*, rater: User, turn: Turn, task: str) -> None:
+    """Record the rater's activity on what they tag (expiry counts from it): one UPDATE of the live
+    conversation, or of their open review of it."""
+    if task == Tag.Task.LIVE:
+        conversation_touch(turn.conversation_id)
+    else:
+        ReviewAssignment.objects.filter(
+            conversation_id=turn.conversation_id, rater=rater, status=ReviewAssignment.Status.OPEN
+        ).update(last_activity_at=timezone.now())
+
+
 def _label(turn: Turn, label: int | str) -> Label:
+    """The label by id (digits) or name. What could not be either is unknown, without a query: a NUL
+    or "²" ("²".isdigit() is True, int("²") fails) must not reach the database."""
     taxonomy = taxonomy_for(turn.conversation.study)
-    lookup = {"pk": label} if isinstance(label, int) or str(label).isdigit() else {"name": label}
+    if isinstance(label, int):
+        lookup: dict[str, int | str] = {"pk": label}
+    elif is_id(label):
+        lookup = {"pk": int(label)}
+    elif unstorable(label) or len(label) > _max_length(Label, "name"):
+        taxonomy = None
+    else:
+        lookup = {"name": label}
     found = taxonomy.labels.filter(**lookup).first() if taxonomy is not None else None
     if found is None:
         raise ActionRefused(f"Unknown label {label!r} for this study.")
@@ -159,6 +312,7 @@ def tag_add(
     found = _label(turn, label)
     start, end = _span(found, turn, span_start, span_end)
     linked = _link(found, turn, linked_turn_id)
+    _activity(rater=rater, turn=turn, task=task)
     tag, created = Tag.objects.get_or_create(
         turn=turn,
         label=found,
@@ -191,6 +345,7 @@ def tag_remove(*, rater: User, tag_id: int) -> None:
     if tag.source == Tag.Source.SUGGESTION:
         suggestion_decide(rater=rater, tag_id=tag.pk, accept=False)
     else:
+        _activity(rater=rater, turn=tag.turn, task=tag.task)
         tag.delete()
 
 
@@ -200,6 +355,7 @@ def suggestion_decide(*, rater: User, tag_id: int, accept: bool) -> Tag:
     tag = _own_tag(rater, tag_id)
     if tag.source != Tag.Source.SUGGESTION:
         raise ActionRefused("Only suggestions can be accepted or rejected.")
+    _activity(rater=rater, turn=tag.turn, task=tag.task)
     tag.status = Tag.Status.CONFIRMED if accept else Tag.Status.REJECTED
     tag.decided_at = timezone.now()
     tag.save(update_fields=["status", "decided_at"])
@@ -219,35 +375,107 @@ def untagged_candidates(*, rater: User, candidates: list[Turn]) -> list[Turn]:
 # --- review pass ---------------------------------------------------------------------------
 
 
+def review_expired_message(study: Study) -> str:
+    """What a reviewer whose review expired is told (409 on any post to it; its page says it too)."""
+    return (
+        f"This review has expired: it had no activity for {study.assignment_timeout_minutes} minutes, so the "
+        "conversation went back to the pool for other reviewers. Claim a new one from the reviews page."
+    )
+
+
 @transaction.atomic
 def review_claim(*, rater: User, study: Study) -> ReviewAssignment:
     """The rater's open review in the study, or a new one on the least-reviewed finished conversation.
 
-    Claims are serialised per study (the study row is locked), so two raters claiming at once
-    cannot push a conversation past `study.review_overlap`.
+    Never their own conversation, never one they had a review of before (done or expired), never past
+    `study.review_overlap` open + done reviews (expired ones give their place back), at most one open review
+    per rater and study. Claims are serialised per study (the study row is locked, FOR NO KEY UPDATE) and
+    everything is counted again under the lock, after the study's idle reviews expired (`reviews_expire`), so
+    raters claiming at once never over-assign. A closed study (`is_active` off) is refused (409): its reviews
+    are no longer handed out, as its conversations are not.
     """
-    open_review = ReviewAssignment.objects.filter(
-        rater=rater, conversation__study=study, status=ReviewAssignment.Status.OPEN
-    ).first()
+    if not study.is_active:
+        raise ActionRefused("This study is closed: its conversations are no longer reviewed.", status=409)
+    if Participant.objects.filter(study=study, user=rater, excluded=True).exists():
+        raise ActionRefused("Your work in this study has ended: there is nothing more to review.", status=403)
+    open_review = _open_review_resumed(study, rater)
     if open_review is not None:
         return open_review
-    Study.objects.select_for_update().filter(pk=study.pk).first()
-    conversation = reviewable_conversations(study=study, rater=rater).first()
+    locked = Study.objects.select_for_update(no_key=True).get(pk=study.pk)
+    open_review = _open_review_resumed(locked, rater)  # a claim of the same rater held the lock before us
+    if open_review is not None:
+        return open_review
+    reviews_expire(study=locked)
+    conversation = reviewable_conversations(study=locked, rater=rater).first()
     if conversation is None:
         raise ActionRefused("Nothing left to review in this study. Thank you!", status=409)
-    return ReviewAssignment.objects.create(conversation=conversation, rater=rater)
+    return ReviewAssignment.objects.create(conversation=conversation, rater=rater, last_activity_at=timezone.now())
+
+
+def _open_review_resumed(study: Study, rater: User) -> ReviewAssignment | None:
+    """The rater's open review in the study with its activity stamped now (a conditional UPDATE: one expired
+    at this very moment is not resumed), or None."""
+    review = ReviewAssignment.objects.filter(
+        rater=rater, conversation__study=study, status=ReviewAssignment.Status.OPEN
+    ).first()
+    if review is None:
+        return None
+    now = timezone.now()
+    if not ReviewAssignment.objects.filter(pk=review.pk, status=ReviewAssignment.Status.OPEN).update(
+        last_activity_at=now
+    ):
+        return None
+    review.last_activity_at = now
+    return review
+
+
+def reviews_expire(now: datetime | None = None, *, study: Study | None = None) -> int:
+    """Expire open review assignments idle for their study's `assignment_timeout_minutes` (0: never), counted
+    from the claim or the reviewer's last tag or vote: status EXPIRED, the conversation goes back to the pool
+    (the reviewer does not get it again). All studies (`labeling.tasks.expire_reviews_task`, every minute) or
+    one (`review_claim`, lazily, under the study's lock). As `annotate.services.conversations_expire`: the sweep
+    skips rows a transaction in progress holds, a claim waits for them. Returns how many."""
+    now = now or timezone.now()
+    studies = [study] if study is not None else list(Study.objects.filter(assignment_timeout_minutes__gt=0))
+    by_timeout: dict[int, list[int]] = {}
+    for each in studies:
+        if each.assignment_timeout_minutes > 0:
+            by_timeout.setdefault(each.assignment_timeout_minutes, []).append(each.pk)
+    expired = 0
+    for minutes, study_ids in by_timeout.items():
+        cutoff = now - timedelta(minutes=minutes)
+        idle = Q(last_activity_at__lt=cutoff) | Q(last_activity_at__isnull=True, created_at__lt=cutoff)
+        with transaction.atomic():
+            rows = ReviewAssignment.objects.filter(
+                idle, conversation__study_id__in=study_ids, status=ReviewAssignment.Status.OPEN
+            )
+            locked = rows.select_for_update(skip_locked=study is None, of=("self",)).order_by("pk")
+            ids = list(locked.values_list("pk", flat=True))
+            if ids:
+                expired += ReviewAssignment.objects.filter(pk__in=ids, status=ReviewAssignment.Status.OPEN).update(
+                    status=ReviewAssignment.Status.EXPIRED
+                )
+    return expired
 
 
 @transaction.atomic
 def review_finish(*, rater: User, assignment_id: int) -> ReviewAssignment:
-    """Mark the rater's review as done. Finishing twice is harmless; anyone else's review is a 404."""
-    assignment = ReviewAssignment.objects.select_for_update().filter(pk=assignment_id, rater=rater).first()
+    """Mark the rater's review as done. Finishing twice is harmless; anyone else's review is a 404, an
+    expired one a 409."""
+    assignment = (
+        ReviewAssignment.objects.select_for_update(of=("self",))
+        .select_related("conversation__study")
+        .filter(pk=assignment_id, rater=rater)
+        .first()
+    )
     if assignment is None:
         raise ActionRefused("No such review.", status=404)
+    if assignment.status == ReviewAssignment.Status.EXPIRED:
+        raise ActionRefused(review_expired_message(assignment.conversation.study), status=409)
     if assignment.status != ReviewAssignment.Status.DONE:
         assignment.status = ReviewAssignment.Status.DONE
-        assignment.done_at = timezone.now()
-        assignment.save(update_fields=["status", "done_at"])
+        assignment.done_at = assignment.last_activity_at = timezone.now()
+        assignment.save(update_fields=["status", "done_at", "last_activity_at"])
     return assignment
 
 
@@ -283,8 +511,11 @@ def review_vote(
         ):
             raise ActionRefused("That request key belongs to another vote.", status=409)
         return existing
+    if assignment.status == ReviewAssignment.Status.EXPIRED:
+        raise ActionRefused(review_expired_message(assignment.conversation.study), status=409)
     if assignment.status != ReviewAssignment.Status.OPEN:
         raise ActionRefused("This review is finished: its votes can no longer change.", status=409)
+    ReviewAssignment.objects.filter(pk=assignment.pk).update(last_activity_at=timezone.now())
     parent = Turn.objects.filter(pk=parent_id, conversation_id=assignment.conversation_id).first()
     if parent is None:
         raise ActionRefused("No such message in the conversation you are reviewing.", status=404)
@@ -306,3 +537,166 @@ def review_vote(
     vote.idempotency_key = idempotency_key
     vote.save()
     return vote
+
+
+# --- gold items: qualification before work ---------------------------------------------------
+
+# An answer to a gold item passes when its labels are close enough to the expected ones: Jaccard
+# similarity |given ∩ expected| / |given ∪ expected| ≥ this (an empty answer to an item expecting no
+# label is 1.0). One missing or one extra label on a one- or two-label item still passes; a wrong label
+# instead of the right one fails. The qualification score is the share of items passed.
+GOLD_PASS_JACCARD = 0.5
+QUALIFICATION_FAILED = "failed the qualification"
+
+
+def gold_score(given: Iterable[int], expected: Iterable[int]) -> tuple[float, bool]:
+    """(Jaccard similarity of the label ids given and expected, whether that passes)."""
+    score = agreement.jaccard(given, expected)
+    return score, score >= GOLD_PASS_JACCARD
+
+
+def _gold_labels(study: Study, label_ids: Iterable[int | str]) -> list[Label]:
+    """The labels a rater gave a gold reply: ids of the study's labels that apply to replies."""
+    allowed = {label.pk: label for label in labels_for(study) if label.applies_to(Turn.Role.ASSISTANT)}
+    found: dict[int, Label] = {}
+    for value in label_ids:
+        if isinstance(value, str) and not is_id(value):
+            raise ActionRefused(f"Unknown label {value[:40]!r} for this study.")
+        label = allowed.get(int(value))
+        if label is None:
+            raise ActionRefused(f"Unknown label {str(value)[:40]!r} for this study.")
+        found[label.pk] = label
+    return list(found.values())
+
+
+@transaction.atomic
+def qualification_answer(*, study: Study, rater: User, item_id: int, label_ids: Iterable[int | str]) -> GoldAnswer:
+    """Score the rater's labels on one qualification item; once every item is answered, the rater
+    qualifies or fails (`qualification_finish`). The first answer to an item stands: a resend returns it.
+    """
+    item = GoldItem.objects.filter(pk=item_id, study=study, kind=GoldItem.Kind.QUALIFICATION).first()
+    if item is None:
+        raise ActionRefused("No such qualification item in this study.", status=404)
+    participant, _ = Participant.objects.get_or_create(study=study, user=rater)
+    participant = Participant.objects.select_for_update().get(pk=participant.pk)  # one rater's answers in turn
+    existing = GoldAnswer.objects.filter(item=item, rater=rater).first()
+    if existing is not None:
+        return existing
+    if participant.qualified_at is not None:
+        raise ActionRefused("You have already qualified for this study.", status=409)
+    if participant.status == Participant.Status.SCREENED_OUT:
+        raise ActionRefused("Your qualification for this study is over.", status=403)
+    labels = _gold_labels(study, label_ids)
+    score, passed = gold_score({label.pk for label in labels}, item.expected_labels.values_list("pk", flat=True))
+    answer = GoldAnswer.objects.create(item=item, rater=rater, score=score, passed=passed)
+    answer.labels.set(labels)
+    if passed:
+        gold_passed_add(study=study, rater=rater)
+    qualification_finish(study=study, rater=rater)
+    return answer
+
+
+def qualification_finish(*, study: Study, rater: User) -> Participant | None:
+    """Once the rater answered every qualification item: their score (the share of items passed) and
+    `qualified_at` when it reaches `study.qualification_pass_mark`; else they are screened out (a panel
+    participant gets the panel's screen-out code). Returns the participant, or None while items remain."""
+    state = qualification_state(study, rater)
+    if state.next_item is not None or state.participant is None or state.qualified:
+        return None if state.next_item is not None else state.participant
+    participant = state.participant
+    participant.qualification_score = state.passed / len(state.items)
+    if participant.qualification_score >= study.qualification_pass_mark - 1e-9:
+        participant.qualified_at = timezone.now()
+        participant.save(update_fields=["qualification_score", "qualified_at"])
+        return participant
+    participant.save(update_fields=["qualification_score"])
+    if participant.status != Participant.Status.ACTIVE:
+        return participant  # already left the study: nothing to screen out
+    # Panel participants leave with the study's screen-out code; raters made by hand are screened out alike.
+    return participant_screen_out(participant, QUALIFICATION_FAILED)
+
+
+# --- gold items: import ----------------------------------------------------------------------
+
+GOLD_FIELDS = ("id", "external_id", "kind", "context", "reply", "labels", "explanation", "order")
+MAX_GOLD_ITEMS = 2000
+
+
+def gold_rows_read(*, name: str, data: bytes) -> list[Any]:
+    """The items of a gold file: YAML (a list of items, or a mapping with `items`) or JSONL (one item a line)."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ActionRefused("The file is not UTF-8 text.") from None
+    if name.lower().endswith((".jsonl", ".json")):
+        rows = [parse_json(line, what=f"Line {n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    else:
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ActionRefused(f"The YAML does not parse: {exc}") from None
+        except RecursionError:
+            raise ActionRefused("The YAML is nested too deep.") from None
+        found = document.get("items") if isinstance(document, dict) else document
+        if not isinstance(found, list):
+            raise ActionRefused("A gold file is a list of items (or a mapping with a list of 'items').")
+        rows = found
+    check_structure(rows, what="The gold file", max_depth=4)
+    return rows
+
+
+def _gold_row(number: int, raw: object, labels: dict[str, Label]) -> tuple[str, dict[str, Any], list[Label]]:
+    """One item of a gold file, checked: (external id, fields, expected labels)."""
+    where = f"Item {number}"
+    if not isinstance(raw, dict):
+        raise ActionRefused(f"{where}: an item is a mapping of fields, not {_yaml_type(raw)}.")
+    unknown = {str(k) for k in raw} - set(GOLD_FIELDS)
+    if unknown:
+        raise ActionRefused(f"{where}: unknown fields {', '.join(sorted(unknown))}.")
+    external_id = _text(where, "id", str(raw.get("external_id") or raw.get("id") or ""), limit=100, one_line=True)
+    kind = raw.get("kind", GoldItem.Kind.QUALIFICATION)
+    if kind not in GoldItem.Kind.values:
+        raise ActionRefused(f"{where}: kind must be one of {', '.join(GoldItem.Kind.values)}.")
+    fields: dict[str, Any] = {"kind": kind}
+    for name in ("context", "reply"):
+        fields[name] = _text(where, name, raw.get(name) or "")
+        if not fields[name]:
+            raise ActionRefused(f"{where}: '{name}' is required.")
+    fields["explanation"] = _text(where, "explanation", raw.get("explanation") or "")
+    order = raw.get("order", number)
+    if not isinstance(order, int) or isinstance(order, bool) or not 0 <= order <= 32767:
+        raise ActionRefused(f"{where}: 'order' must be a whole number from 0 to 32767.")
+    fields["order"] = order
+    names = raw.get("labels") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ActionRefused(f"{where}: 'labels' must be a list of label names.")
+    missing = sorted(n for n in names if n not in labels)
+    if missing:
+        raise ActionRefused(f"{where}: no reply label of this study's taxonomy is called {', '.join(missing)}.")
+    return external_id, fields, [labels[n] for n in names]
+
+
+def gold_items_import(*, study: Study, rows: list[Any]) -> tuple[int, int]:
+    """Create or update the study's gold items from parsed rows (`gold_rows_read`): each needs `context`,
+    `reply` and `labels` (names of the study's labels that apply to replies; [] expects none); `id` makes
+    re-imports update. Everything is checked before anything is written. Returns (created, updated)."""
+    if len(rows) > MAX_GOLD_ITEMS:
+        raise ActionRefused(f"A gold file has at most {MAX_GOLD_ITEMS} items; this one has {len(rows)}.")
+    labels = {label.name: label for label in labels_for(study) if label.applies_to(Turn.Role.ASSISTANT)}
+    parsed = [_gold_row(number, raw, labels) for number, raw in enumerate(rows, start=1)]
+    ids = [external_id for external_id, _, _ in parsed if external_id]
+    if len(ids) != len(set(ids)):
+        raise ActionRefused("An item id is used twice in the file.")
+    created = updated = 0
+    with transaction.atomic():
+        for external_id, fields, expected in parsed:
+            if external_id:
+                item, was_created = GoldItem.objects.update_or_create(
+                    study=study, external_id=external_id, defaults=fields
+                )
+            else:
+                item, was_created = GoldItem.objects.create(study=study, **fields), True
+            item.expected_labels.set(expected)
+            created += was_created
+            updated += not was_created
+    return created, updated

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from labeling import services
 from labeling.suggestions import suggest_for_turn
 
 
@@ -11,3 +12,10 @@ from labeling.suggestions import suggest_for_turn
 def suggest_tags_task(turn_id: int) -> int:
     """Pre-tag a turn for its rater (labeling.suggestions); rerunning adds nothing."""
     return len(suggest_for_turn(turn_id=turn_id))
+
+
+@shared_task(name="labeling.tasks.expire_reviews_task")
+def expire_reviews_task() -> int:
+    """Expire the review assignments left open past their study's timeout (`services.reviews_expire`); run
+    every minute by beat (`workers.celery_app.BEAT_SCHEDULE`)."""
+    return services.reviews_expire()

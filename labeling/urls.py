@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from labeling.views import dashboard, review, tags
+from labeling.views import dashboard, qualify, review, tags
 
 app_name = "labeling"
 urlpatterns = [
@@ -15,4 +15,5 @@ urlpatterns = [
     path("review/<int:pk>/done/", review.review_done, name="review_done"),
     path("review/<int:pk>/vote/", review.review_vote, name="review_vote"),
     path("studies/<slug:slug>/dashboard/", dashboard.study_dashboard, name="dashboard"),
+    path("studies/<slug:slug>/qualify/", qualify.qualify, name="qualify"),
 ]

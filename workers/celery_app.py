@@ -15,6 +15,15 @@ How the numbers fit together (change one, check the others):
   while the export still runs. That is safe only because of the export lease: the copy finds the
   export running with a fresh heartbeat and retries later (`exports.services.export_run` →
   'busy'), and takes it over only once the first worker has gone quiet.
+
+Periodic work (BEAT_SCHEDULE): every EXPIRY_SWEEP_SECONDS (60 s) the idle conversations and review
+assignments of every study expire (`annotate.tasks.expire_conversations_task`,
+`labeling.tasks.expire_reviews_task`), so their scenarios and conversations return to the pool. Beat runs
+inside the worker that `serve` starts (`worker_argv(beat=True)`: `-B`, with an in-memory schedule, which
+suits the embedded filesystem broker and writes no file); with separate workers run one
+`celery -A workers beat` (or `manage.py expire_conversations` from cron). Both sweeps are idempotent, so two
+beats, or a late one, do no harm; assignment never waits for them (a start expires its study's idle
+conversations itself, a review claim its study's idle reviews).
 """
 
 from __future__ import annotations
@@ -37,6 +46,14 @@ GENERATION_SOFT_TIME_LIMIT, GENERATION_TIME_LIMIT = 600, 660
 EXPORT_SOFT_TIME_LIMIT, EXPORT_TIME_LIMIT = 3600, 3660
 VISIBILITY_TIMEOUT = envint("CELERY_VISIBILITY_TIMEOUT", 900)
 BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+EXPIRY_SWEEP_SECONDS = envint("EXPIRY_SWEEP_SECONDS", 60)
+BEAT_SCHEDULE = {
+    name: {"task": task, "schedule": float(EXPIRY_SWEEP_SECONDS), "options": {"expires": EXPIRY_SWEEP_SECONDS}}
+    for name, task in (
+        ("expire-conversations", "annotate.tasks.expire_conversations_task"),
+        ("expire-reviews", "labeling.tasks.expire_reviews_task"),
+    )
+}
 
 
 def broker_transport_options(broker_url: str) -> dict[str, Any]:
@@ -80,7 +97,13 @@ app.conf.update(
         # Tag suggestions never wait behind, or hold up, a generation.
         "labeling.tasks.suggest_tags_task": {"queue": "suggestions"},
         "exports.tasks.export_dataset_task": {"queue": "exports"},
+        # The expiry sweeps are short: with the suggestions, never behind a generation or an export.
+        "annotate.tasks.expire_conversations_task": {"queue": "suggestions"},
+        "labeling.tasks.expire_reviews_task": {"queue": "suggestions"},
     },
+    beat_schedule=BEAT_SCHEDULE,
+    # In memory: a missed run is simply the next one (the sweeps catch up), and nothing is written to disk.
+    beat_scheduler="celery.beat:Scheduler",
     task_annotations={
         "exports.tasks.export_dataset_task": {
             "soft_time_limit": EXPORT_SOFT_TIME_LIMIT,
@@ -98,7 +121,8 @@ def _preload_models(**_: object) -> None:
     backends.preload_from_settings()
 
 
-def worker_argv(*, concurrency: int, name: str = "generation@%h") -> list[str]:
-    """The command that starts a worker for every queue (`serve`, the tests, bench/)."""
+def worker_argv(*, concurrency: int, name: str = "generation@%h", beat: bool = False) -> list[str]:
+    """The command that starts a worker for every queue (`serve`, the tests, bench/); `beat` embeds the
+    periodic scheduler (`-B`: BEAT_SCHEDULE), for a single-machine setup such as `serve`'s."""
     return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(QUEUES),
-            "-c", str(concurrency), "--loglevel", "INFO", "-n", name]  # fmt: skip
+            "-c", str(concurrency), "--loglevel", "INFO", "-n", name, *(["-B"] if beat else [])]  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from workers.apikeys import api_key_env_refusal
 from workers.params import DEFAULT_PARAMS, PARAM_NAMES, generation_params
 
 
@@ -60,6 +61,9 @@ class ModelConfig(models.Model):
             raise ValidationError({"base_url": "An OpenAI-compatible config needs a base URL."})
         if self.backend == self.Backend.TRANSFORMERS and not self.model_path:
             raise ValidationError({"model_path": "A transformers config needs a model path."})
+        refusal = api_key_env_refusal(self.api_key_env)
+        if refusal:
+            raise ValidationError({"api_key_env": refusal})
 
     def effective_params(self) -> dict[str, Any]:
         """Defaults overlaid with this config's parameters: the snapshot stored on each turn."""

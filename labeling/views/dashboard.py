@@ -1,4 +1,5 @@
-"""The study dashboard, for staff: agreement, activity, suggestions and grounding rates."""
+"""The study dashboard, for researchers (`annotate.view_study_dashboard`): agreement, activity, suggestions
+and grounding rates."""
 
 from __future__ import annotations
 
@@ -54,13 +55,20 @@ def rate_bars(models: list[GroundingRate], baseline: GroundingRate) -> tuple[lis
     return bars, line_x, TOP * 2 + len(bars) * (BAR_HEIGHT + GAP)
 
 
+# The custom permission on Study (annotate/models.py) that opens every study's dashboard.
+DASHBOARD_PERMISSION = "annotate.view_study_dashboard"
+
+
 @require_GET
 @login_required
 def study_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
-    if not request.user.is_staff:
-        raise PermissionDenied("The study dashboard is for staff.")
+    """A study's figures, for superusers and users granted `annotate.view_study_dashboard` (being staff is
+    not enough); anyone else gets the 403 page (templates/403.html), before any study is looked up."""
+    if not request.user.has_perm(DASHBOARD_PERMISSION):
+        raise PermissionDenied("The study dashboard is for researchers with access to it.")
     study = get_object_or_404(Study, slug=slug)
-    figures = dashboard_figures(study=study)
+    # Excluded raters' work is left out unless asked for (?include_excluded=1).
+    figures = dashboard_figures(study=study, include_excluded=request.GET.get("include_excluded") == "1")
     bars, line_x, height = rate_bars(figures.model_rates, figures.user_baseline)
     context = {
         "study": study,

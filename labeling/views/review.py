@@ -19,7 +19,8 @@ from annotate import selectors as annotate_selectors
 from annotate.models import Comparison, Study, Turn
 from core.errors import ActionRefused
 from core.http import AppRequest, answers_refusals, refused_fragment, refused_page
-from core.validation import parse_int, parse_request_key
+from core.ratelimit import rate_limited
+from core.validation import is_id, parse_int, parse_request_key
 from labeling import selectors, services
 from labeling.models import ReviewAssignment, Tag
 
@@ -104,12 +105,14 @@ def _vote_context(assignment: ReviewAssignment, step: dict[str, Any], error: str
 
 @login_required
 @require_POST
+@answers_refusals  # the rate limit's refusal, into the page's #errors; the view answers its own
+@rate_limited("votes")
 def review_vote(request: AppRequest, pk: int) -> HttpResponse:
     """Save the reviewer's vote on one user turn's replies; htmx gets the vote form back."""
     post = request.POST
     choice = post.get("choice", "")
     chosen_id = None
-    if choice.isdigit():  # as in the live form: a candidate's id means "this one is better"
+    if is_id(choice):  # as in the live form: a candidate's id means "this one is better"
         chosen_id, choice = int(choice), Comparison.Choice.CANDIDATE
     parent_id = None
     error: ActionRefused | None = None

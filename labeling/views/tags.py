@@ -17,6 +17,7 @@ from annotate import tree
 from annotate.models import Turn
 from core.errors import ActionRefused
 from core.http import AppRequest, answers_refusals
+from core.ratelimit import rate_limited
 from core.validation import parse_int
 from labeling import selectors, services
 from labeling.models import Tag
@@ -78,6 +79,7 @@ def _respond(request: AppRequest, turn: Turn, task: str) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals
+@rate_limited("tags")
 def tag_add(request: AppRequest) -> HttpResponse:
     task = _param(request, "task") or Tag.Task.LIVE
     turn_id = _int(request, "turn")
@@ -103,6 +105,7 @@ def tag_add(request: AppRequest) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals
+@rate_limited("tags")
 def tag_remove(request: AppRequest, pk: int) -> HttpResponse:
     tag = Tag.objects.select_related("turn__conversation__study").filter(pk=pk, rater=request.user).first()
     if tag is None:
@@ -114,6 +117,7 @@ def tag_remove(request: AppRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals
+@rate_limited("tags")
 def suggestion_decide(request: AppRequest, pk: int) -> HttpResponse:
     answer = _param(request, "accept")
     if answer not in ("1", "0"):

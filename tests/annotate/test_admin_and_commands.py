@@ -42,7 +42,7 @@ def test_admin_imports_scenarios_and_reports_bad_rows(staff_client, make_study):
     assert Scenario.objects.filter(study=study, external_id="x", hidden_intent="intent").exists()
     bad = SimpleUploadedFile("s.jsonl", b'{"id": "y", "brief": "ok"}\nnope\n')
     response = staff_client.post(url, {"file": bad})
-    assert response.status_code == 200 and "Line 2 is not valid JSON" in response.content.decode()
+    assert response.status_code == 400 and "Line 2 is not valid JSON" in response.content.decode()
     assert not Scenario.objects.filter(external_id="y").exists()
 
 

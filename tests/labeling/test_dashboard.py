@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.urls import reverse
 
 from annotate import services
@@ -194,7 +195,7 @@ def test_vote_agreement_over_live_and_review_votes(study_data, client, make_user
     assert (raters["r1"].votes, raters["r1"].median_decision_ms, raters["live"].votes) == (2, None, 2)
     assert dashboard.coded_turns == 4  # votes are not tags: the label agreement is unchanged
 
-    client.force_login(make_user("staff", is_staff=True))
+    client.force_login(_researcher(make_user))
     html = client.get(reverse("labeling:dashboard", args=[study_data.study.slug])).content.decode()
     assert "2 user turns voted by several raters" in html and "0.231" in html
 
@@ -219,22 +220,40 @@ def test_empty_study_has_no_figures(make_study):
     assert dashboard.model_rates == [] and dashboard.user_baseline.per_100 is None
 
 
-def test_dashboard_page_for_staff_only(study_data, client, make_user):
+def _researcher(make_user: Any, username: str = "researcher") -> Any:
+    """A staff user granted the dashboard permission (and nothing else)."""
+    user = make_user(username, is_staff=True)
+    user.user_permissions.add(
+        Permission.objects.get(codename="view_study_dashboard", content_type__app_label="annotate")
+    )
+    return user
+
+
+def test_dashboard_page_needs_the_dashboard_permission(study_data, client, make_user):
     url = reverse("labeling:dashboard", args=[study_data.study.slug])
-    client.force_login(make_user("staff", is_staff=True))
+    client.force_login(_researcher(make_user))
     page = client.get(url)
     assert page.status_code == 200
     html = page.content.decode()
     assert "<svg" in html and "Users (human baseline)" in html and "m1" in html
     assert "No overlapping votes" in html
     assert 'id="masi-alpha">0.398<' in html
+    client.force_login(make_user("boss", is_staff=True, is_superuser=True))
+    assert client.get(url).status_code == 200
 
-    client.force_login(study_data.first)  # a rater, not staff
-    assert client.get(url).status_code == 403
+    client.force_login(make_user("staff", is_staff=True))  # staff, but not granted the dashboard
+    denied = client.get(url)
+    assert denied.status_code == 403
+    assert "You cannot open this page" in denied.content.decode()
+    client.force_login(study_data.first)  # a rater: the same page, in the app's layout
+    denied = client.get(url)
+    html = denied.content.decode()
+    assert denied.status_code == 403
+    assert "You cannot open this page" in html and "researchers with access" in html and "Back to your studies" in html
     client.logout()
     assert client.get(url).status_code == 302  # to the login page
 
 
 def test_dashboard_page_of_an_unknown_study_is_404(client, make_user):
-    client.force_login(make_user("staff", is_staff=True))
+    client.force_login(_researcher(make_user))
     assert client.get(reverse("labeling:dashboard", args=["nope"])).status_code == 404

@@ -162,6 +162,16 @@ def test_review_page_shows_every_reply_in_the_vote_form_and_htmx_swaps_it(client
     assert f'id="review-vote-{user_turn.pk}"' in refused.content.decode()
 
 
+@pytest.mark.parametrize("choice", ["²", "9" * 30, "tie\x00"])
+def test_malformed_choice_is_refused_not_a_500(client, reviewed, choice):
+    _, assignment, user_turn, _ = reviewed
+    client.force_login(assignment.rater)
+    data = {"parent": user_turn.pk, "choice": choice, "idempotency_key": str(uuid.uuid4())}
+    response = client.post(reverse("labeling:review_vote", args=[assignment.pk]), data, headers={"HX-Request": "true"})
+    assert response.status_code == 400
+    assert not Comparison.objects.filter(rater=assignment.rater).exists()
+
+
 def test_vote_view_without_htmx_redirects_and_refuses_others(client, reviewed, make_user):
     _, assignment, user_turn, _ = reviewed
     url = reverse("labeling:review_vote", args=[assignment.pk])

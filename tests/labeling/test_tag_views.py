@@ -107,6 +107,12 @@ def refused(response, status: int, fragment: str) -> None:
         ({"label": "topic-switch", "span_start": 0, "span_end": 3}, 400, "whole turn"),
         ({"label": "repair", "linked_turn": "1.5"}, 400, "linked_turn must be a whole number"),
         ({"label": ""}, 400, "which label"),
+        # "²".isdigit() is True but int("²") fails; NUL cannot reach PostgreSQL; digits past 64 bits
+        ({"label": "²"}, 400, "Unknown label"),
+        ({"label": "clari\x00fication"}, 400, "Unknown label"),
+        ({"label": "9" * 30}, 400, "Unknown label"),
+        ({"label": "clarification", "span_start": "²", "span_end": 3}, 400, "span_start must be a whole number"),
+        ({"label": "clarification", "span_start": "9" * 30, "span_end": 3}, 400, "span_start must be a whole number"),
     ],
 )
 def test_bad_tags_are_refused_with_a_message_and_nothing_written(live, data, status, fragment):

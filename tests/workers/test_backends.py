@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from annotate import services as annotate_services
 from annotate.generation import turn_generate
@@ -26,6 +27,7 @@ from workers.backends import (
     cut_at_stop,
     plain_prompt,
 )
+from workers.models import ModelConfig
 
 CONVERSATION = [
     {"role": "user", "content": "Hi! Can you suggest a name for my new puppy?"},
@@ -226,9 +228,9 @@ def openai_request(**params: Any) -> GenerationRequest:
 
 
 def test_openai_backend_assembles_the_streamed_text(stub_server, monkeypatch):
-    monkeypatch.setenv("STUB_API_KEY", "sk-test-123")
+    monkeypatch.setenv("CG_MODEL_KEY_STUB", "sk-test-123")
     on_text = Recorder()
-    result = OpenAIBackend(stub_server.base_url + "/", "stub-model", api_key_env="STUB_API_KEY").generate(
+    result = OpenAIBackend(stub_server.base_url + "/", "stub-model", api_key_env="CG_MODEL_KEY_STUB").generate(
         openai_request(temperature=0.5, stop=["###"]), on_text
     )
 
@@ -244,6 +246,30 @@ def test_openai_backend_assembles_the_streamed_text(stub_server, monkeypatch):
     assert body["messages"] == [{"role": "system", "content": "Ask before answering."}, *CONVERSATION]
     assert (body["seed"], body["max_tokens"], body["temperature"], body["stop"]) == (99, 32, 0.5, ["###"])
     assert body["stream"] is True
+
+
+@pytest.mark.parametrize("name", ["SECRET_KEY", "DATABASE_URL", "cg_model_key_x", "CG_MODEL_KEY_X; rm"])
+def test_openai_backend_reads_no_variable_outside_the_api_key_prefix(stub_server, monkeypatch, name):
+    monkeypatch.setenv("SECRET_KEY", "the-deployments-own-secret")
+    with pytest.raises(GenerationError, match="CG_MODEL_KEY_"):
+        OpenAIBackend(stub_server.base_url, "stub-model", api_key_env=name).generate(openai_request(), Recorder())
+    assert stub_server.requests == []  # nothing was sent, let alone the secret
+
+
+@pytest.mark.django_db
+def test_model_config_accepts_only_api_key_variables_with_the_prefix(settings):
+    config = ModelConfig(name="remote", backend=ModelConfig.Backend.OPENAI, base_url="http://127.0.0.1:9/v1")
+    for name in ("SECRET_KEY", "DATABASE_URL", "OPENAI_API_KEY", "CG_MODEL_KEY_ X"):
+        config.api_key_env = name
+        with pytest.raises(ValidationError) as refused:
+            config.full_clean()
+        assert "api_key_env" in refused.value.message_dict
+    for name in ("", "CG_MODEL_KEY_REMOTE"):
+        config.api_key_env = name
+        config.full_clean()
+    settings.MODEL_API_KEY_ENV_PREFIX = "LAB_KEY_"
+    config.api_key_env = "LAB_KEY_REMOTE"
+    config.full_clean()
 
 
 def test_openai_backend_without_usage_counts_chunks_and_may_stop_early(stub_server):

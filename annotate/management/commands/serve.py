@@ -19,7 +19,8 @@ from workers.models import ModelConfig
 
 class Command(BaseCommand):
     help = (
-        "Start the web server (uvicorn, ASGI) and a Celery generation worker together; Ctrl-C stops both. "
+        "Start the web server (uvicorn, ASGI) and a Celery worker (with beat: the expiry sweeps) together; "
+        "Ctrl-C stops both. "
         "Uses whatever DATABASE_URL and CELERY_BROKER_URL say (SQLite and a filesystem broker by default)."
     )
 
@@ -53,7 +54,8 @@ class Command(BaseCommand):
             ],
         ]
         if not options["no_worker"]:
-            commands.append(worker_argv(concurrency=options["concurrency"]))
+            # With beat embedded: the expiry sweeps (workers.celery_app.BEAT_SCHEDULE) run every minute.
+            commands.append(worker_argv(concurrency=options["concurrency"], beat=True))
         processes = {cmd[2]: subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for cmd in commands}
         stopping = False
         announced = False

@@ -47,6 +47,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--completed-only", action="store_true", help="Only conversations ended with the survey")
         parser.add_argument(
+            "--include-excluded",
+            action="store_true",
+            help="Keep the work of raters excluded by quality control (left out by default)",
+        )
+        parser.add_argument(
             "--include-ties", action="store_true", help="dpo/reward/segments: keep tie and all-bad pairs"
         )
         parser.add_argument("--gamma", type=float, default=0.9, help="multiturn: discount γ (default 0.9)")
