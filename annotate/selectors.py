@@ -105,6 +105,17 @@ def expiry_cutoff(study: Study, now: datetime) -> datetime | None:
     return now - timedelta(minutes=minutes) if minutes > 0 else None
 
 
+def studies_by_timeout(study: Study | None = None) -> dict[int, list[int]]:
+    """Study ids by their `assignment_timeout_minutes`, for the expiry sweeps (conversations and reviews):
+    just `study`, or every study that expires work (0 means never)."""
+    studies = [study] if study is not None else list(Study.objects.filter(assignment_timeout_minutes__gt=0))
+    by_timeout: dict[int, list[int]] = {}
+    for each in studies:
+        if each.assignment_timeout_minutes > 0:
+            by_timeout.setdefault(each.assignment_timeout_minutes, []).append(each.pk)
+    return by_timeout
+
+
 def idle_conversations(cutoff: datetime, prefix: str = "") -> Q:
     """Conversations whose last activity is before `cutoff` (one that never recorded any counts from its
     start: conversations from before `last_activity_at` existed)."""

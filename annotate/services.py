@@ -165,13 +165,8 @@ def conversations_expire(now: datetime | None = None, *, study: Study | None = N
     is settled.
     """
     now = now or timezone.now()
-    studies = [study] if study is not None else list(Study.objects.filter(assignment_timeout_minutes__gt=0))
-    by_timeout: dict[int, list[int]] = {}
-    for each in studies:
-        if each.assignment_timeout_minutes > 0:
-            by_timeout.setdefault(each.assignment_timeout_minutes, []).append(each.pk)
     expired = 0
-    for minutes, study_ids in by_timeout.items():
+    for minutes, study_ids in selectors.studies_by_timeout(study).items():
         cutoff = now - timedelta(minutes=minutes)
         with transaction.atomic():
             idle = Conversation.objects.filter(

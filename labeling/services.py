@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from annotate.models import Comparison, Conversation, Participant, Study, Turn
 from annotate.panel import participant_screen_out
+from annotate.selectors import studies_by_timeout
 from annotate.services import comparison_clean, conversation_touch, expired_message, gold_passed_add
 from core.errors import ActionRefused
 from core.validation import check_storable, check_structure, is_id, parse_json, unstorable
@@ -436,13 +437,8 @@ def reviews_expire(now: datetime | None = None, *, study: Study | None = None) -
     one (`review_claim`, lazily, under the study's lock). As `annotate.services.conversations_expire`: the sweep
     skips rows a transaction in progress holds, a claim waits for them. Returns how many."""
     now = now or timezone.now()
-    studies = [study] if study is not None else list(Study.objects.filter(assignment_timeout_minutes__gt=0))
-    by_timeout: dict[int, list[int]] = {}
-    for each in studies:
-        if each.assignment_timeout_minutes > 0:
-            by_timeout.setdefault(each.assignment_timeout_minutes, []).append(each.pk)
     expired = 0
-    for minutes, study_ids in by_timeout.items():
+    for minutes, study_ids in studies_by_timeout(study).items():
         cutoff = now - timedelta(minutes=minutes)
         idle = Q(last_activity_at__lt=cutoff) | Q(last_activity_at__isnull=True, created_at__lt=cutoff)
         with transaction.atomic():
