@@ -14,6 +14,7 @@ import re
 import uuid
 from typing import Any, Protocol
 
+import yaml
 from django.conf import settings
 
 from core.errors import ActionRefused
@@ -120,6 +121,16 @@ def parse_json(text: str, *, what: str, max_depth: int = MAX_DEPTH) -> Any:
         raise ActionRefused(f"{what} is not valid JSON: {getattr(exc, 'msg', exc)}") from None
     check_structure(value, what=what, max_depth=max_depth)
     return value
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML (safe loader), refusing what does not parse or nests too deep for the parser."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ActionRefused(f"The YAML does not parse: {exc}") from None
+    except RecursionError:
+        raise ActionRefused("The YAML is nested too deep.") from None
 
 
 class Upload(Protocol):

@@ -20,7 +20,7 @@ from annotate.panel import participant_screen_out
 from annotate.selectors import studies_by_timeout
 from annotate.services import comparison_clean, conversation_touch, expired_message, gold_passed_add
 from core.errors import ActionRefused
-from core.validation import check_storable, check_structure, is_id, parse_json, unstorable
+from core.validation import check_storable, check_structure, is_id, parse_json, parse_yaml, unstorable
 from labeling import agreement
 from labeling.models import GoldAnswer, GoldItem, Label, ReviewAssignment, Tag, Taxonomy
 from labeling.selectors import (
@@ -161,12 +161,7 @@ def _label_fields(number: int, raw: object) -> tuple[str, dict[str, Any]]:
 
 def _taxonomy_document(text: str) -> dict[str, Any]:
     """The parsed YAML, refused when it does not parse, nests too deep or holds what cannot be stored."""
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ActionRefused(f"The YAML does not parse: {exc}") from None
-    except RecursionError:
-        raise ActionRefused("The YAML is nested too deep.") from None
+    document = parse_yaml(text)
     if not isinstance(document, dict) or not isinstance(document.get("labels"), list):
         raise ActionRefused("A taxonomy is a mapping with 'name', 'slug' and a list of 'labels'.")
     # taxonomy → labels → label → examples → example: one level more is left to the fields' own checks
@@ -627,12 +622,7 @@ def gold_rows_read(*, name: str, data: bytes) -> list[Any]:
     if name.lower().endswith((".jsonl", ".json")):
         rows = [parse_json(line, what=f"Line {n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     else:
-        try:
-            document = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ActionRefused(f"The YAML does not parse: {exc}") from None
-        except RecursionError:
-            raise ActionRefused("The YAML is nested too deep.") from None
+        document = parse_yaml(text)
         found = document.get("items") if isinstance(document, dict) else document
         if not isinstance(found, list):
             raise ActionRefused("A gold file is a list of items (or a mapping with a list of 'items').")

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import Permission
 
 from annotate import selectors, services
 from annotate.models import Comparison, Conversation, Turn
@@ -93,3 +94,12 @@ def log_in(page: Any, base_url: str, username: str, *, home: str = "/", login: s
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(f"{base_url}{home}")
+
+
+def staff_with(make_user: Any, *perms: str) -> Any:
+    """A staff user holding exactly these permissions ("app_label.codename")."""
+    user = make_user(is_staff=True)
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return user

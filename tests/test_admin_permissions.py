@@ -5,29 +5,19 @@ tests/test_authorization.py; this file checks each custom view's permission prec
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from annotate.models import Scenario
 from exports.models import DatasetExport
 from labeling.models import Taxonomy
+from tests.helpers import staff_with
 
 pytestmark = pytest.mark.django_db
 
 TAXONOMY_YAML = b"name: Mine\nslug: mine\nlabels:\n  - {name: ok-label, definition: A definition.}\n"
-
-
-def _staff(make_user: Any, *perms: str) -> Any:
-    """A staff user holding exactly these permissions ("app_label.codename")."""
-    user = make_user(is_staff=True)
-    for perm in perms:
-        app_label, codename = perm.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    return user
 
 
 def test_scenario_import_needs_change_study(client, make_user, make_study):
@@ -35,13 +25,13 @@ def test_scenario_import_needs_change_study(client, make_user, make_study):
     url = reverse("admin:annotate_study_import_scenarios", args=[study.pk])
     upload = b"id,brief\nx,Brief X\n"
     for perms in [(), ("annotate.view_study",), ("annotate.add_study",)]:
-        client.force_login(_staff(make_user, *perms))
+        client.force_login(staff_with(make_user, *perms))
         assert client.get(url).status_code == 403, perms
         assert client.post(url, {"file": SimpleUploadedFile("s.csv", upload)}).status_code == 403, perms
         page = client.get(reverse("admin:annotate_study_change", args=[study.pk])).content.decode()
         assert "Import scenarios" not in page  # no button to a door that is locked
     assert not Scenario.objects.filter(study=study).exists()
-    client.force_login(_staff(make_user, "annotate.change_study"))
+    client.force_login(staff_with(make_user, "annotate.change_study"))
     assert "Import scenarios" in client.get(reverse("admin:annotate_study_change", args=[study.pk])).content.decode()
     assert client.post(url, {"file": SimpleUploadedFile("s.csv", upload)}).status_code == 302
     assert Scenario.objects.filter(study=study, external_id="x").exists()
@@ -50,11 +40,11 @@ def test_scenario_import_needs_change_study(client, make_user, make_study):
 def test_taxonomy_yaml_import_needs_add_and_change_taxonomy(client, make_user):
     url = reverse("admin:labeling_taxonomy_import")
     for perms in [(), ("labeling.view_taxonomy",), ("labeling.add_taxonomy",), ("labeling.change_taxonomy",)]:
-        client.force_login(_staff(make_user, *perms))
+        client.force_login(staff_with(make_user, *perms))
         assert client.get(url).status_code == 403, perms
         assert client.post(url, {"file": SimpleUploadedFile("t.yaml", TAXONOMY_YAML)}).status_code == 403, perms
     assert not Taxonomy.objects.filter(slug="mine").exists()
-    client.force_login(_staff(make_user, "labeling.add_taxonomy", "labeling.change_taxonomy"))
+    client.force_login(staff_with(make_user, "labeling.add_taxonomy", "labeling.change_taxonomy"))
     assert "Import YAML" in client.get(reverse("admin:labeling_taxonomy_changelist")).content.decode()
     assert client.post(url, {"file": SimpleUploadedFile("t.yaml", TAXONOMY_YAML)}).status_code == 302
     assert Taxonomy.objects.get(slug="mine").labels.get().name == "ok-label"
@@ -63,9 +53,9 @@ def test_taxonomy_yaml_import_needs_add_and_change_taxonomy(client, make_user):
 def test_taxonomy_yaml_export_needs_view_taxonomy(client, make_user):
     taxonomy = Taxonomy.objects.get(slug="default")
     url = reverse("admin:labeling_taxonomy_export", args=[taxonomy.pk])
-    client.force_login(_staff(make_user, "labeling.add_taxonomy"))
+    client.force_login(staff_with(make_user, "labeling.add_taxonomy"))
     assert client.get(url).status_code == 403
-    client.force_login(_staff(make_user, "labeling.view_taxonomy"))
+    client.force_login(staff_with(make_user, "labeling.view_taxonomy"))
     response = client.get(url)
     assert response.status_code == 200 and b"slug: default" in response.content
     assert response["Content-Disposition"] == 'attachment; filename="default.yaml"'
@@ -93,10 +83,10 @@ def finished_export(make_study, tmp_path) -> DatasetExport:
 def test_export_progress_and_download_need_view_datasetexport(client, make_user, finished_export):
     progress = reverse("admin:exports_datasetexport_progress", args=[finished_export.pk])
     download = reverse("admin:exports_datasetexport_download", args=[finished_export.pk, "dpo.jsonl"])
-    client.force_login(_staff(make_user, "annotate.view_study", "exports.add_datasetexport"))
+    client.force_login(staff_with(make_user, "annotate.view_study", "exports.add_datasetexport"))
     assert client.get(progress).status_code == 403
     assert client.get(download).status_code == 403
-    client.force_login(_staff(make_user, "exports.view_datasetexport"))
+    client.force_login(staff_with(make_user, "exports.view_datasetexport"))
     assert client.get(progress).status_code == 200
     response = client.get(download)
     assert response.status_code == 200 and response["Content-Length"] == "11"
@@ -107,7 +97,7 @@ def test_export_form_and_study_action_need_add_datasetexport(client, make_user, 
     add = reverse("admin:exports_datasetexport_add")
     changelist = reverse("admin:annotate_study_changelist")
     action = {"action": "export_dataset", "_selected_action": [study.pk]}
-    client.force_login(_staff(make_user, "annotate.change_study", "exports.view_datasetexport"))
+    client.force_login(staff_with(make_user, "annotate.change_study", "exports.view_datasetexport"))
     assert client.get(add).status_code == 403
     assert client.post(add, {"study": study.pk, "format": "dpo", "file_format": "jsonl"}).status_code == 403
     assert "Export dataset" not in client.get(reverse("admin:annotate_study_change", args=[study.pk])).content.decode()
@@ -116,7 +106,7 @@ def test_export_form_and_study_action_need_add_datasetexport(client, make_user, 
     assert not (response.status_code == 302 and response["Location"].startswith(add))  # ... nor run
     assert not DatasetExport.objects.exists()
 
-    client.force_login(_staff(make_user, "annotate.change_study", "exports.add_datasetexport"))
+    client.force_login(staff_with(make_user, "annotate.change_study", "exports.add_datasetexport"))
     assert client.get(add).status_code == 200
     assert "Export dataset" in client.get(reverse("admin:annotate_study_change", args=[study.pk])).content.decode()
     response = client.post(changelist, action)
@@ -124,6 +114,6 @@ def test_export_form_and_study_action_need_add_datasetexport(client, make_user, 
 
 
 def test_a_403_from_admin_is_the_apps_page(client, make_user, make_study):
-    client.force_login(_staff(make_user))
+    client.force_login(staff_with(make_user))
     response = client.get(reverse("admin:annotate_study_import_scenarios", args=[make_study().pk]))
     assert response.status_code == 403 and "You cannot open this page" in response.content.decode()

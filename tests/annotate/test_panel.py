@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.db import IntegrityError, connection
 from django.test import Client
 from django.urls import reverse
@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from annotate import panel, services, signals
 from annotate.models import Conversation, Participant, Study, Turn
-from tests.helpers import HTMX, choose, finish_candidates
+from tests.helpers import HTMX, choose, finish_candidates, staff_with
 
 pytestmark = pytest.mark.django_db
 
@@ -655,10 +655,7 @@ def test_review_leaves_participants_who_did_not_complete_alone(crowd_study):
 
 
 def _staff(make_user: Any, *codenames: str) -> Any:
-    user = make_user(is_staff=True)
-    for codename in codenames:
-        user.user_permissions.add(Permission.objects.get(content_type__app_label="annotate", codename=codename))
-    return user
+    return staff_with(make_user, *(f"annotate.{codename}" for codename in codenames))
 
 
 def _action(client: Client, action: str, participants: list[Participant], **extra: Any) -> Any:

@@ -19,11 +19,17 @@ Conversation 2 (carol, active): u1 "Hello?"  A plain "Hi."  B clarify "Hello! Wh
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import json
+from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from django.contrib.auth import get_user_model
 
 from annotate.models import Comparison, Conversation, Scenario, Study, Turn
+from exports.build import export_build
+from exports.selection import ExportParams
 from labeling.models import Label, Tag
 from labeling.services import default_taxonomy
 from workers.models import ModelConfig
@@ -137,3 +143,15 @@ def build_export_study() -> dict[str, Any]:
     vote(c2, "x1", "w1", "carol", "tie", 210, continued_from="b1A")
     Conversation.objects.filter(pk=c2.pk).update(head=ids["b1A"], started_at=at(200))
     return ids
+
+
+def export(tmp_path: Path, name: str = "out", **params: Any) -> tuple[list[dict[str, Any]], Path]:
+    """Export the golden study (unless `study` says otherwise) and read the rows back, whatever the file format."""
+    params.setdefault("study", "golden")
+    result = export_build(params=ExportParams(**params), out=tmp_path / name)
+    if result.data_file.suffix == ".parquet":
+        return pq.read_table(result.data_file).to_pylist(), result.out
+    lines = result.data_file.read_bytes()
+    if result.data_file.suffix == ".gz":
+        lines = gzip.decompress(lines)
+    return [json.loads(line) for line in lines.splitlines()], result.out

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import gzip
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -20,7 +18,7 @@ from core.errors import ActionRefused
 from exports import formats
 from exports.build import export_build
 from exports.selection import FORMATS, ExportParams
-from tests.exports.export_study import T0, build_export_study
+from tests.exports.export_study import T0, build_export_study, export
 
 pytestmark = pytest.mark.django_db
 
@@ -28,17 +26,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def story() -> dict[str, Any]:
     return build_export_study()
-
-
-def export(tmp_path: Path, name: str = "out", **params: Any) -> tuple[list[dict[str, Any]], Path]:
-    params.setdefault("study", "golden")
-    result = export_build(params=ExportParams(**params), out=tmp_path / name)
-    if result.data_file.suffix == ".parquet":
-        return pq.read_table(result.data_file).to_pylist(), result.out
-    lines = result.data_file.read_bytes()
-    if result.data_file.suffix == ".gz":
-        lines = gzip.decompress(lines)
-    return [json.loads(line) for line in lines.splitlines()], result.out
 
 
 def U(text: str) -> dict[str, str]:

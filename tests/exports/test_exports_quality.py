@@ -5,17 +5,14 @@ left out by default (`include_excluded` keeps it); the manifest and the card say
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import call_command
 
 from annotate.models import Comparison, Participant, Turn
-from exports.build import export_build
-from exports.selection import ExportParams
 from labeling.models import Label, Tag
-from tests.exports.export_study import build_export_study
+from tests.exports.export_study import build_export_study, export
 
 pytestmark = pytest.mark.django_db
 
@@ -23,12 +20,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def story() -> dict[str, Any]:
     return build_export_study()
-
-
-def export(tmp_path: Path, name: str = "out", **params: Any) -> tuple[list[dict[str, Any]], Path]:
-    params.setdefault("study", "golden")
-    result = export_build(params=ExportParams(**params), out=tmp_path / name)
-    return [json.loads(line) for line in result.data_file.read_bytes().splitlines()], result.out
 
 
 def exclude(story: dict[str, Any], name: str) -> Participant:

@@ -20,7 +20,7 @@ from labeling import services as labeling
 from labeling.dashboard import rater_figures, study_dashboard
 from labeling.models import GoldAnswer, GoldItem, Label, ReviewAssignment
 from labeling.selectors import labels_for
-from tests.helpers import choose, finish_candidates, finished_conversation
+from tests.helpers import choose, finish_candidates, finished_conversation, staff_with
 
 pytestmark = pytest.mark.django_db
 
@@ -367,20 +367,12 @@ def test_exclusion_needs_a_reason_and_including_again_undoes_it(make_study, make
 # --- admin -------------------------------------------------------------------------------------
 
 
-def _staff(make_user: Any, *perms: str) -> Any:
-    user = make_user(is_staff=True)
-    for perm in perms:
-        app_label, codename = perm.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    return user
-
-
 def test_participant_admin_shows_quality_figures_and_includes_again(qualified_study, make_user, client):
     rater = make_user("someone")
     answer(qualified_study, rater, [("clarification",), ("clarification",), ("acknowledgment",)])
     participant = Participant.objects.get(study=qualified_study, user=rater)
     services.participant_exclude(participant, "Too fast")
-    client.force_login(_staff(make_user, "annotate.view_participant", "annotate.change_participant"))
+    client.force_login(staff_with(make_user, "annotate.view_participant", "annotate.change_participant"))
     page = client.get(reverse("admin:annotate_participant_change", args=[participant.pk])).content.decode()
     assert "gold accuracy 67% (2/3)" in page and "median decision time" in page
     changelist = reverse("admin:annotate_participant_changelist")
@@ -397,9 +389,9 @@ def test_participant_admin_shows_quality_figures_and_includes_again(qualified_st
 def test_gold_items_import_from_yaml_and_jsonl(make_study, make_user, client):
     study = make_study()
     url = reverse("admin:labeling_golditem_import")
-    client.force_login(_staff(make_user, "labeling.add_golditem"))
+    client.force_login(staff_with(make_user, "labeling.add_golditem"))
     assert client.get(url).status_code == 403
-    client.force_login(_staff(make_user, "labeling.add_golditem", "labeling.change_golditem"))
+    client.force_login(staff_with(make_user, "labeling.add_golditem", "labeling.change_golditem"))
     yaml_file = (
         b"- id: q1\n  context: Plan a party.\n  reply: What kind of party?\n  labels: [clarification]\n"
         b"  explanation: It asks.\n- id: q2\n  context: Hi\n  reply: Hello.\n  labels: []\n"
