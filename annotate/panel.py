@@ -525,19 +525,14 @@ def pay_status(participant: Participant) -> str:
     return str(participant.status)
 
 
-@transaction.atomic
 def pay_sheet(participants: QuerySet[Participant]) -> str:
     """The pay sheet of panel participants as CSV text (`PAY_SHEET_COLUMNS`), one row each, in order of
-    study and entry. Stored bonuses are brought up to date first (`participant_bonus`), so admin shows
-    what the sheet says. Text cells that a spreadsheet would read as a formula are prefixed with '."""
+    study and entry. Reading it writes nothing (a viewer may download it): the bonus column is computed
+    (`participant_bonus`), as the stored one is on completion, review and admin edits. Text cells that a
+    spreadsheet would read as a formula are prefixed with '."""
     rows = list(
         participants.filter(external_id__isnull=False).select_related("study").order_by("study_id", "started_at", "pk")
     )
-    for participant in rows:
-        bonus = participant_bonus(participant)
-        if participant.bonus != bonus:
-            Participant.objects.filter(pk=participant.pk).update(bonus=bonus)
-            participant.bonus = bonus
     times = time_on_task(rows)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -549,7 +544,7 @@ def pay_sheet(participants: QuerySet[Participant]) -> str:
                 _cell(exit_code(participant)),
                 f"{times[participant.pk].total_seconds() / 60:.1f}",
                 pay_status(participant),
-                f"{participant.bonus:.2f}",
+                f"{participant_bonus(participant):.2f}",
                 _cell(participant.panel_session_id),
                 participant_gold_passed(participant),
                 "yes" if participant.excluded else "no",

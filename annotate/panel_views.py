@@ -19,6 +19,7 @@ from annotate import panel
 from annotate.models import Participant, Study
 from core.errors import ActionRefused
 from core.http import AppRequest, answers_refusals
+from core.ratelimit import rate_limited
 
 # Set explicitly: other backends (e.g. django-axes) may be configured, and a panel account has no password.
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
@@ -51,6 +52,7 @@ def _participant(request: AppRequest, slug: str) -> Participant:
 
 @require_http_methods(["GET", "POST"])
 @answers_refusals(page=_message)
+@rate_limited("panel_entries", by_address=True)  # anyone may open it, and each entry may make an account
 def enter(request: AppRequest, slug: str) -> HttpResponse:
     """The study link. Signs the browser in as the panel id's participant (made on the first entry) and
     sends them to their next step. Someone else signed in is signed out first: at once for another panel

@@ -151,6 +151,9 @@ def _conversation_assign(study: Study, rater: User) -> Conversation:
     scenario = selectors.scenarios_open_to(locked, rater).first()
     if scenario is None:
         raise ActionRefused("There are no scenarios left for you in this study. Thank you!", status=409)
+    # Every rater who works gets a Participant (panel ones have theirs already): it is where they are flagged,
+    # excluded and paid, raters made by hand included.
+    Participant.objects.get_or_create(study=locked, user=rater)
     return Conversation.objects.create(study=locked, scenario=scenario, rater=rater, last_activity_at=timezone.now())
 
 

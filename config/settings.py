@@ -184,6 +184,9 @@ RATE_LIMITS = {
     "messages": envint("RATE_LIMIT_MESSAGES", 20),  # messages sent (each starts K generations)
     "votes": envint("RATE_LIMIT_VOTES", 60),  # votes, live and in the review pass
     "tags": envint("RATE_LIMIT_TAGS", 300),  # tags added or removed, suggestions decided
+    # Study-link entries (/p/<slug>/) per client address: each may make an account. Participants behind one
+    # address (a lab, a campus NAT) share it, hence generous.
+    "panel_entries": envint("RATE_LIMIT_PANEL_ENTRIES", 60),
 }
 
 # --- Celery -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 
 from core.errors import ActionRefused
+from core.http import client_ip
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,15 @@ def retry_after(scope: str, key: object, *, limit: int, window: int = WINDOW_SEC
     return max(math.ceil((current + 1) * window - now), 1)
 
 
-def rate_limited(scope: str) -> Callable[[View], View]:
-    """Refuse the view with 429 once the logged-in user did more than ``settings.RATE_LIMITS[scope]``
-    of these actions in the current minute."""
+def rate_limited(scope: str, *, by_address: bool = False) -> Callable[[View], View]:
+    """Refuse the view with 429 once the logged-in user (or, `by_address`, the client's address: for pages
+    anyone may open) did more than ``settings.RATE_LIMITS[scope]`` of these actions in the current minute."""
 
     def decorate(view: View) -> View:
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            wait = retry_after(scope, request.user.pk, limit=settings.RATE_LIMITS[scope])
+            key = client_ip(request) if by_address else request.user.pk
+            wait = retry_after(scope, key, limit=settings.RATE_LIMITS[scope])
             if wait is not None:
                 raise ActionRefused(
                     f"You are going too fast: try again in {wait} s.", status=429, headers={"Retry-After": str(wait)}

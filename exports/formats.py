@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -30,6 +31,21 @@ def iso(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# A failed reply's error is written for staff (it may name the model server, its address and its
+# reply); a dataset may be published, so addresses are blanked and the text is kept short.
+_ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*://\S+|\b(?:[\w-]+\.)*[\w-]+:\d{2,5}\b|\b\d{1,3}(?:\.\d{1,3}){3}\b", re.I)
+ERROR_CHARS = 200
+
+
+def public_error(error: str | None) -> str | None:
+    """A failed reply's error as exports show it: addresses (URLs, host:port, IPs) replaced by
+    "<address>", the first line only, at most `ERROR_CHARS` characters; None for none."""
+    if not error:
+        return None
+    first = _ADDRESS.sub("<address>", error.strip().splitlines()[0] if error.strip() else "")
+    return first[:ERROR_CHARS] or None
 
 
 def message(turn: TurnRow) -> dict[str, str]:
@@ -339,7 +355,7 @@ def _tree_turn(conv: ConversationData, t: TurnRow, *, on_path: bool, rank: int |
         "position": t.position,
         "text": t.text,
         "status": t.status,
-        "error": t.error,
+        "error": public_error(t.error),
         "model": t.model,
         "system_prompt": t.system_prompt,
         "params": json.dumps(t.params, sort_keys=True) if t.params else None,

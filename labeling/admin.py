@@ -238,7 +238,7 @@ class ParticipantWithQualityAdmin(ParticipantAdmin):
     """annotate's ParticipantAdmin plus the rater's quality figures (as on the study dashboard) and the
     actions that undo a flag or an exclusion."""
 
-    actions = [*ParticipantAdmin.actions, "unflag", "include_again"]
+    actions = [*ParticipantAdmin.actions, "unflag", "include_again", "retake_qualification"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Participant | None = None) -> list[str]:
         return [*super().get_readonly_fields(request, obj), "quality"]
@@ -263,6 +263,20 @@ class ParticipantWithQualityAdmin(ParticipantAdmin):
             annotate_services.participant_include(participant)
             changed += 1
         self.message_user(request, f"Included again: {changed}.")
+
+    @admin.action(description="Let the selected participants retake the qualification", permissions=["change"])
+    def retake_qualification(self, request: HttpRequest, queryset: QuerySet[Participant]) -> None:
+        """`services.qualification_reset` for each; those who left for another reason are named and skipped."""
+        done, skipped = 0, []
+        for participant in queryset:
+            try:
+                services.qualification_reset(participant)
+                done += 1
+            except ActionRefused as exc:
+                skipped.append(exc.message)
+        self.message_user(request, f"May retake the qualification: {done}.")
+        if skipped:
+            self.message_user(request, "Left as they are: " + " ".join(skipped), level=messages.WARNING)
 
 
 def quality_lines(figures: RaterFigures) -> list[str]:

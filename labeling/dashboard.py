@@ -9,7 +9,9 @@ turn: the lived path (user turns and the replies the conversation continued from
 finished reply when the study reviews all branches. A covering rater with no tag on the turn
 coded it as "no label". A live rater counts only on the turns they tagged: they were not asked
 to tag every reply. An open assignment counts from the start, so a review in progress lowers
-agreement until it is done; the review pass is the point of overlap, so we accept that.
+agreement until it is done; the review pass is the point of overlap, so we accept that. An expired
+assignment covers nothing, and the tags its reviewer put before it expired do not count: they coded
+part of a conversation and left, so their silence elsewhere is no "no label".
 
 Choices, each as simple as the data allows:
 
@@ -50,7 +52,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
-from django.db.models import Count, IntegerField, Model, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, IntegerField, Model, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
 from annotate.models import Comparison, Conversation, Participant, Study, Turn
@@ -205,9 +207,20 @@ def _without(qs: QuerySet[_M], excluded: set[int], *paths: str) -> QuerySet[_M]:
 
 
 def _tags(study: Study, excluded: set[int]) -> QuerySet[Tag]:
-    """The study's tags that count: not on a planted attention check, not by or on the work of an excluded rater."""
-    tags = Tag.objects.filter(turn__conversation__study=study, turn__is_attention_check=False)
+    """The study's tags that count: not on a planted attention check, not by or on the work of an excluded rater,
+    not put in a review that expired."""
+    abandoned = ReviewAssignment.objects.filter(
+        conversation_id=OuterRef("turn__conversation_id"),
+        rater_id=OuterRef("rater_id"),
+        status=ReviewAssignment.Status.EXPIRED,
+    )
+    tags = Tag.objects.filter(turn__conversation__study=study, turn__is_attention_check=False).exclude(
+        Q(task=Tag.Task.REVIEW) & Exists(abandoned)
+    )
     return _without(tags, excluded, "rater_id", "turn__conversation__rater_id")
+
+
+COVERING = (ReviewAssignment.Status.OPEN, ReviewAssignment.Status.DONE)  # review assignments that code turns
 
 
 def _coded_turns(study: Study, excluded: set[int]) -> tuple[dict[int, dict[int, set[int]]], dict[int, str]]:
@@ -219,7 +232,7 @@ def _coded_turns(study: Study, excluded: set[int]) -> tuple[dict[int, dict[int, 
         lived = Comparison.objects.filter(conversation__study=study, task=Comparison.Task.LIVE)
         reply &= Q(pk__in=lived.values("continued_from_id"))
     covered = (
-        _without(Turn.objects.filter(conversation__study=study, conversation__reviews__isnull=False), excluded,
+        _without(Turn.objects.filter(conversation__study=study, conversation__reviews__status__in=COVERING), excluded,
                  "conversation__rater_id")
         .filter(Q(role=Turn.Role.USER) | reply)
         .order_by()

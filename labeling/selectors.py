@@ -219,3 +219,29 @@ def studies_to_qualify(studies: Iterable[Study], rater: User) -> set[int]:
         )
     )
     return with_items - qualified
+
+
+# A reviewer meets the study's attention gold items (GoldItem.Kind.ATTENTION) between reviews: one after
+# their 1st finished review, the next after their 3rd, then 5th… while items they have not answered remain.
+REVIEWS_BETWEEN_CHECKS = 2
+
+
+def attention_item_due(study: Study, rater: User) -> GoldItem | None:
+    """The attention gold item the rater tags before claiming their next review, or None: none is due
+    (see REVIEWS_BETWEEN_CHECKS), a review of theirs is open (it resumes first), the study is closed, or the
+    rater is excluded (the claim refuses them)."""
+    if not study.is_active or Participant.objects.filter(study=study, user=rater, excluded=True).exists():
+        return None
+    reviews = ReviewAssignment.objects.filter(conversation__study=study, rater=rater)
+    if reviews.filter(status=ReviewAssignment.Status.OPEN).exists():
+        return None
+    answered = GoldAnswer.objects.filter(item__study=study, item__kind=GoldItem.Kind.ATTENTION, rater=rater).count()
+    done = reviews.filter(status=ReviewAssignment.Status.DONE).count()
+    if done < 1 + answered * REVIEWS_BETWEEN_CHECKS:
+        return None
+    return (
+        GoldItem.objects.filter(study=study, kind=GoldItem.Kind.ATTENTION)
+        .exclude(answers__rater=rater)
+        .prefetch_related("expected_labels")
+        .first()
+    )

@@ -405,6 +405,7 @@ def review_claim(*, rater: User, study: Study) -> ReviewAssignment:
     conversation = reviewable_conversations(study=locked, rater=rater).first()
     if conversation is None:
         raise ActionRefused("Nothing left to review in this study. Thank you!", status=409)
+    Participant.objects.get_or_create(study=locked, user=rater)  # where a reviewer is flagged, excluded, paid
     return ReviewAssignment.objects.create(conversation=conversation, rater=rater, last_activity_at=timezone.now())
 
 
@@ -560,16 +561,33 @@ def _gold_labels(study: Study, label_ids: Iterable[int | str]) -> list[Label]:
     return list(found.values())
 
 
+def _gold_item_locked(*, study: Study, rater: User, item_id: int, kind: str) -> tuple[GoldItem, Participant]:
+    """The study's gold item of this kind (404 otherwise) and the rater's Participant, locked: one rater's
+    answers are scored in turn."""
+    item = GoldItem.objects.filter(pk=item_id, study=study, kind=kind).first()
+    if item is None:
+        raise ActionRefused(f"No such {GoldItem.Kind(kind).label.lower()} item in this study.", status=404)
+    participant, _ = Participant.objects.get_or_create(study=study, user=rater)
+    return item, Participant.objects.select_for_update().get(pk=participant.pk)
+
+
+def _gold_answer_create(*, study: Study, rater: User, item: GoldItem, label_ids: Iterable[int | str]) -> GoldAnswer:
+    """Score and store the rater's labels on a gold item; a pass counts towards their bonus."""
+    labels = _gold_labels(study, label_ids)
+    score, passed = gold_score({label.pk for label in labels}, item.expected_labels.values_list("pk", flat=True))
+    answer = GoldAnswer.objects.create(item=item, rater=rater, score=score, passed=passed)
+    answer.labels.set(labels)
+    if passed:
+        gold_passed_add(study=study, rater=rater)
+    return answer
+
+
 @transaction.atomic
 def qualification_answer(*, study: Study, rater: User, item_id: int, label_ids: Iterable[int | str]) -> GoldAnswer:
     """Score the rater's labels on one qualification item; once every item is answered, the rater
     qualifies or fails (`qualification_finish`). The first answer to an item stands: a resend returns it.
     """
-    item = GoldItem.objects.filter(pk=item_id, study=study, kind=GoldItem.Kind.QUALIFICATION).first()
-    if item is None:
-        raise ActionRefused("No such qualification item in this study.", status=404)
-    participant, _ = Participant.objects.get_or_create(study=study, user=rater)
-    participant = Participant.objects.select_for_update().get(pk=participant.pk)  # one rater's answers in turn
+    item, participant = _gold_item_locked(study=study, rater=rater, item_id=item_id, kind=GoldItem.Kind.QUALIFICATION)
     existing = GoldAnswer.objects.filter(item=item, rater=rater).first()
     if existing is not None:
         return existing
@@ -577,14 +595,47 @@ def qualification_answer(*, study: Study, rater: User, item_id: int, label_ids: 
         raise ActionRefused("You have already qualified for this study.", status=409)
     if participant.status == Participant.Status.SCREENED_OUT:
         raise ActionRefused("Your qualification for this study is over.", status=403)
-    labels = _gold_labels(study, label_ids)
-    score, passed = gold_score({label.pk for label in labels}, item.expected_labels.values_list("pk", flat=True))
-    answer = GoldAnswer.objects.create(item=item, rater=rater, score=score, passed=passed)
-    answer.labels.set(labels)
-    if passed:
-        gold_passed_add(study=study, rater=rater)
+    answer = _gold_answer_create(study=study, rater=rater, item=item, label_ids=label_ids)
     qualification_finish(study=study, rater=rater)
     return answer
+
+
+@transaction.atomic
+def qualification_reset(participant: Participant) -> Participant:
+    """Let the rater take the study's qualification again (admin's "Let them retake the qualification"):
+    their answers to its items go (the passed ones leave `gold_passed`), score and pass are cleared, and one
+    screened out for failing it is active again (a panel participant opens the study link again to go on).
+    Refused (409) for one who completed, returned, or was screened out for another reason."""
+    locked = Participant.objects.select_for_update().get(pk=participant.pk)
+    failed_it = locked.status == Participant.Status.SCREENED_OUT and locked.screenout_reason == QUALIFICATION_FAILED
+    if locked.status != Participant.Status.ACTIVE and not failed_it:
+        raise ActionRefused(
+            f"{locked}: has left the study ({locked.get_status_display()}), not by failing the qualification.", 409
+        )
+    answers = GoldAnswer.objects.filter(
+        item__study_id=locked.study_id, item__kind=GoldItem.Kind.QUALIFICATION, rater_id=locked.user_id
+    )
+    passed = answers.filter(passed=True).count()
+    answers.delete()
+    locked.gold_passed = max(locked.gold_passed - passed, 0)
+    locked.qualification_score = locked.qualified_at = None
+    if failed_it:
+        locked.status, locked.screenout_reason, locked.completed_at = Participant.Status.ACTIVE, "", None
+    locked.save()
+    return locked
+
+
+@transaction.atomic
+def attention_answer(*, study: Study, rater: User, item_id: int, label_ids: Iterable[int | str]) -> GoldAnswer:
+    """Score the reviewer's labels on an attention gold item met between reviews (`selectors.attention_item_due`).
+    The first answer stands: a resend returns it. An excluded rater is refused (403)."""
+    item, participant = _gold_item_locked(study=study, rater=rater, item_id=item_id, kind=GoldItem.Kind.ATTENTION)
+    existing = GoldAnswer.objects.filter(item=item, rater=rater).first()
+    if existing is not None:
+        return existing
+    if participant.excluded:
+        raise ActionRefused("Your work in this study has ended: there is nothing more to review.", status=403)
+    return _gold_answer_create(study=study, rater=rater, item=item, label_ids=label_ids)
 
 
 def qualification_finish(*, study: Study, rater: User) -> Participant | None:

@@ -11,6 +11,7 @@ urlpatterns = [
     path("tags/<int:pk>/decide/", tags.suggestion_decide, name="suggestion_decide"),
     path("review/", review.review_home, name="review_home"),
     path("review/studies/<slug:slug>/next/", review.review_next, name="review_next"),
+    path("review/studies/<slug:slug>/check/", review.review_check, name="review_check"),
     path("review/<int:pk>/", review.review_detail, name="review_detail"),
     path("review/<int:pk>/done/", review.review_done, name="review_done"),
     path("review/<int:pk>/vote/", review.review_vote, name="review_vote"),

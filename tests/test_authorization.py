@@ -134,6 +134,8 @@ TABLE: dict[str, Row] = {
     "labeling:review_home": Row("/review/", anyone(200)),
     # anyone may claim a review, except of their own conversation (the rater's is the only one finished)
     "labeling:review_next": Row("/review/studies/{review_slug}/next/", anyone(302, rater=409), method="post"),
+    # no attention check is due for anyone here: the page sends them back to the review list
+    "labeling:review_check": Row("/review/studies/{review_slug}/check/", anyone(302)),
     "labeling:review_detail": Row("/review/{review}/", owned(200)),
     "labeling:review_done": Row("/review/{review}/done/", owned(302), method="post"),
     "labeling:review_vote": Row(

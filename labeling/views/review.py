@@ -6,15 +6,18 @@ htmx swaps it with the saved vote, or with the refusal shown inside it and a 4xx
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from annotate import panel
 from annotate import selectors as annotate_selectors
 from annotate.models import Comparison, Study, Turn
 from core.errors import ActionRefused
@@ -23,6 +26,24 @@ from core.ratelimit import rate_limited
 from core.validation import is_id, parse_int, parse_request_key
 from labeling import selectors, services
 from labeling.models import ReviewAssignment, Tag
+
+
+def _raters_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Keep panel participants out of the review pass: their study link covers their own conversations (and
+    the pay sheet counts those only). A page is sent on to their next step; an action is refused (403)."""
+
+    @functools.wraps(view)
+    def wrapper(request: AppRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if panel.is_panel_account(request.user):
+            if request.method == "GET":
+                return redirect(panel.participant_home_url(request.user) or "annotate:home")
+            raise ActionRefused(
+                "Reviews are done by the study's own raters: your study link covers your conversations only.",
+                status=403,
+            )
+        return view(request, *args, **kwargs)
+
+    return wrapper
 
 
 def _assignment_for(request: AppRequest, pk: int) -> ReviewAssignment:
@@ -36,6 +57,7 @@ def _assignment_for(request: AppRequest, pk: int) -> ReviewAssignment:
 
 @login_required
 @require_GET
+@_raters_only
 def review_home(request: AppRequest) -> HttpResponse:
     return render(
         request,
@@ -47,14 +69,43 @@ def review_home(request: AppRequest) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals
+@_raters_only
 def review_next(request: AppRequest, slug: str) -> HttpResponse:
     study = get_object_or_404(Study, slug=slug)
+    if selectors.attention_item_due(study, request.user) is not None:
+        return redirect("labeling:review_check", slug=study.slug)
     assignment = services.review_claim(rater=request.user, study=study)
     return redirect("labeling:review_detail", pk=assignment.pk)
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
+@answers_refusals
+@_raters_only
+def review_check(request: AppRequest, slug: str) -> HttpResponse:
+    """An attention gold item between reviews (`selectors.attention_item_due`): GET shows it, POST scores the
+    answer and goes on to the next review (or the review list when none is left). Not due: the review list."""
+    study = get_object_or_404(Study, slug=slug)
+    if request.method == "POST":
+        item_id = parse_int(request.POST.get("item"), name="item") or 0
+        services.attention_answer(
+            study=study, rater=request.user, item_id=item_id, label_ids=request.POST.getlist("labels")
+        )
+        try:
+            assignment = services.review_claim(rater=request.user, study=study)
+        except ActionRefused:
+            return redirect("labeling:review_home")  # nothing left: the list says so
+        return redirect("labeling:review_detail", pk=assignment.pk)
+    item = selectors.attention_item_due(study, request.user)
+    if item is None:
+        return redirect("labeling:review_home")
+    labels = [label for label in selectors.labels_for(study) if label.applies_to(Turn.Role.ASSISTANT)]
+    return render(request, "labeling/review_check.html", {"study": study, "item": item, "labels": labels})
+
+
+@login_required
 @require_GET
+@_raters_only
 def review_detail(request: AppRequest, pk: int) -> HttpResponse:
     assignment = _assignment_for(request, pk)
     conversation = assignment.conversation
@@ -106,6 +157,7 @@ def _vote_context(assignment: ReviewAssignment, step: dict[str, Any], error: str
 @login_required
 @require_POST
 @answers_refusals  # the rate limit's refusal, into the page's #errors; the view answers its own
+@_raters_only
 @rate_limited("votes")
 def review_vote(request: AppRequest, pk: int) -> HttpResponse:
     """Save the reviewer's vote on one user turn's replies; htmx gets the vote form back."""
@@ -152,6 +204,7 @@ def review_vote(request: AppRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 @answers_refusals
+@_raters_only
 def review_done(request: AppRequest, pk: int) -> HttpResponse:
     services.review_finish(rater=request.user, assignment_id=pk)
     return redirect("labeling:review_home")

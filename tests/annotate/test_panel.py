@@ -635,12 +635,18 @@ def test_pay_sheet_columns_and_values(crowd_study):
     assert (by_id["returned-1"]["status"], by_id["returned-1"]["completion_code"]) == ("returned", "RETURN3D")
     assert (by_id["screened-1"]["status"], by_id["screened-1"]["completion_code"]) == ("screened_out", "SCR33N")
     assert (by_id["active-1"]["status"], by_id["active-1"]["completion_code"], active.bonus) == ("active", "", 0)
-    # The stored bonus follows the rule (admin shows what the sheet says)
+    # The stored bonus follows the rule (set on completion and review: admin shows what the sheet says)
     approved.refresh_from_db()
     rejected.refresh_from_db()
     pending.refresh_from_db()
     assert (approved.bonus, rejected.bonus, pending.bonus) == (Decimal("1.00"), Decimal("0.00"), Decimal("0.25"))
     assert panel.participant_gold_passed(approved) == 4
+    # Reading the sheet writes nothing (a viewer may download it), even where a stored figure is stale
+    Participant.objects.filter(pk=pending.pk).update(bonus=Decimal("9.99"))
+    rows = list(csv.DictReader(io.StringIO(panel.pay_sheet(Participant.objects.filter(study=study)))))
+    assert next(r for r in rows if r["participant_id"] == "'=HYPERLINK(1)")["bonus"] == "0.25"
+    pending.refresh_from_db()
+    assert pending.bonus == Decimal("9.99")
 
 
 def test_review_leaves_participants_who_did_not_complete_alone(crowd_study):
@@ -711,3 +717,36 @@ def test_admin_actions_approve_reject_flag_exclude(client, crowd_study, make_use
     change = client.get(reverse("admin:annotate_participant_change", args=[one.pk])).content.decode()
     assert "Time on task" in change
     assert client.get(reverse("admin:annotate_participant_add")).status_code == 403
+
+
+# --- a panel participant stays on their study's steps ------------------------------------------------
+
+
+def test_a_panel_participant_is_kept_out_of_the_review_pass_and_has_no_log_out(client, crowd_study, make_user):
+    study = crowd_study(overlap=2, review_overlap=2)
+    finished = work_one(services.conversation_start(study=study, rater=make_user("talker")))
+    services.conversation_finish(conversation=finished, goal="yes", understanding=4)
+    enter(client, study)
+    conversation = consent_and_start(client, study)
+    step = reverse("annotate:conversation", args=[conversation.pk])
+    assert client.get(reverse("labeling:review_home"))["Location"] == step
+    response = client.post(reverse("labeling:review_next", args=[study.slug]))
+    assert response.status_code == 403 and "own raters" in response.content.decode()
+    assert not Participant.objects.filter(study=study, external_id__isnull=True).exclude(user__username="talker")
+    page = client.get(step).content.decode()
+    assert "Log out" not in page
+    rater = Client()
+    rater.force_login(make_user("by-hand"))
+    assert "Log out" in rater.get(reverse("annotate:home")).content.decode()
+    assert rater.get(reverse("labeling:review_home")).status_code == 200
+
+
+def test_study_link_entries_are_limited_per_address(client, crowd_study, settings):
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "panel_entries": 3}
+    study = crowd_study()
+    statuses = [Client(REMOTE_ADDR="203.0.113.7").get(link(study, f"pid-{n}")).status_code for n in range(4)]
+    assert statuses == [302, 302, 302, 429]
+    refused = Client(REMOTE_ADDR="203.0.113.7").get(link(study, "pid-9"))
+    assert int(refused["Retry-After"]) >= 1 and "too fast" in refused.content.decode()
+    assert Participant.objects.filter(study=study).count() == 3  # the refused ones made nothing
+    assert Client(REMOTE_ADDR="198.51.100.1").get(link(study, "pid-other")).status_code == 302  # another address

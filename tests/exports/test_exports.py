@@ -518,3 +518,23 @@ def test_admin_download_serves_only_the_exports_own_files(story, tmp_path, setti
         assert admin_client.get(f"{base}/download/{name}", follow=True).status_code == 404
     page = admin_client.get(f"{base}/change/").content.decode()
     assert "dpo.jsonl" in page and 'value="100"' in page and export.sha256 in page
+
+
+def test_tree_keeps_why_a_reply_failed_without_the_model_servers_address(story, tmp_path):
+    """Turn.error is for staff and may name the model server; a dataset may be published."""
+    failed = story["a1A"]
+    failed.status, failed.error = (
+        "failed",
+        (
+            "Model server unreachable at http://10.1.2.3:8000/v1/chat: <urlopen error [Errno 111] refused>\n"
+            "Traceback (most recent call last): internal-gpu-7.lab:9000"
+        ),
+    )
+    failed.save(update_fields=["status", "error"])
+    rows, _ = export(tmp_path, format="tree")
+    turns = {t["turn_id"]: t for t in rows[0]["turns"]}
+    assert turns[failed.pk]["error"] == "Model server unreachable at <address> <urlopen error [Errno 111] refused>"
+    assert turns[story["a1B"].pk]["error"] is None
+    assert formats.public_error("answered 500 from gpu-box.corp:8443 (" + "x" * 400) == (
+        "answered 500 from <address> (" + "x" * (formats.ERROR_CHARS - len("answered 500 from <address> ("))
+    )

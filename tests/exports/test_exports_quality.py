@@ -23,9 +23,11 @@ def story() -> dict[str, Any]:
 
 
 def exclude(story: dict[str, Any], name: str) -> Participant:
-    return Participant.objects.create(
-        study=story["study"], user=story["users"][name], excluded=True, exclusion_reason="Spam", requeued=True
-    )
+    participant, _ = Participant.objects.update_or_create(
+        study=story["study"], user=story["users"][name],
+        defaults={"excluded": True, "exclusion_reason": "Spam", "requeued": True},
+    )  # fmt: skip
+    return participant
 
 
 def plant(story: dict[str, Any], parent: str, key: str) -> Turn:

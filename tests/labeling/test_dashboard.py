@@ -257,3 +257,16 @@ def test_dashboard_page_needs_the_dashboard_permission(study_data, client, make_
 def test_dashboard_page_of_an_unknown_study_is_404(client, make_user):
     client.force_login(_researcher(make_user))
     assert client.get(reverse("labeling:dashboard", args=["nope"])).status_code == 404
+
+
+def test_an_expired_review_codes_nothing(study_data):
+    """A reviewer who left mid-review: their assignment expired. Their tags and their silence leave the
+    agreement figures (and the tag counts); the figures are those of the other reviewer and the live rater."""
+    before = study_dashboard(study=study_data.study)
+    ReviewAssignment.objects.filter(rater=study_data.second).update(status=ReviewAssignment.Status.EXPIRED)
+    after = study_dashboard(study=study_data.study)
+    # Left: a1 coded by live {clar} and r1 {clar}; u1, u2, b2 by r1 alone (one coder: not coded).
+    assert (before.coded_turns, after.coded_turns) == (4, 1)
+    assert {frozenset((p.rater_a, p.rater_b)) for p in after.pairs} == {frozenset(("live", "r1"))}
+    assert _label(after, "clarification").review == _label(before, "clarification").review - 1
+    assert _label(after, "follow-up").confirmed == _label(before, "follow-up").confirmed - 1

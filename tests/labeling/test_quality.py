@@ -296,7 +296,7 @@ def test_an_excluded_raters_work_leaves_the_dashboard_unless_asked_for(make_stud
     finished_conversation(study, bad)
     before = study_dashboard(study=study)
     assert before.conversations == 2 and {r.username for r in before.raters} == {"good", "bad"}
-    participant = Participant.objects.create(study=study, user=bad)
+    participant = Participant.objects.get(study=study, user=bad)  # made on their first start
     services.participant_exclude(participant, "Clicked through in 3 seconds")
     after = study_dashboard(study=study)
     assert after.conversations == 1 and [r.username for r in after.raters] == ["good"]
@@ -322,7 +322,7 @@ def test_exclusion_requeues_the_scenario_and_the_reviews(make_study, make_user):
     with pytest.raises(ActionRefused, match="no scenarios left"):
         services.conversation_start(study=study, rater=second)
     # Excluded without re-queueing: the place stays taken.
-    participant = Participant.objects.create(study=study, user=first)
+    participant = Participant.objects.get(study=study, user=first)
     services.participant_exclude(participant, "Off-task", requeue=False)
     with pytest.raises(ActionRefused, match="no scenarios left"):
         services.conversation_start(study=study, rater=second)
@@ -339,7 +339,7 @@ def test_exclusion_requeues_the_scenario_and_the_reviews(make_study, make_user):
     assert review.conversation_id == handed.pk
     with pytest.raises(ActionRefused, match="Nothing left to review"):
         labeling.review_claim(rater=reviewer2, study=study)
-    services.participant_exclude(Participant.objects.create(study=study, user=reviewer), "Random tags")
+    services.participant_exclude(Participant.objects.get(study=study, user=reviewer), "Random tags")
     assert labeling.review_claim(rater=reviewer2, study=study).conversation_id == handed.pk
     with pytest.raises(ActionRefused) as refused:
         labeling.review_claim(rater=reviewer, study=study)
@@ -409,3 +409,119 @@ def test_gold_items_import_from_yaml_and_jsonl(make_study, make_user, client):
     response = client.post(url, {"study": study.pk, "file": SimpleUploadedFile("gold.jsonl", bad)})
     assert response.status_code == 400 and "no-such-label" in response.content.decode()
     assert GoldItem.objects.filter(study=study).count() == 2
+
+
+# --- gaps closed: participants made on first work, retaking the qualification, attention gold in reviews
+
+
+def test_raters_made_by_hand_get_a_participant_on_their_first_start_or_review(make_study, make_user, client):
+    study = make_study(overlap=1, review_overlap=2)
+    rater, reviewer = make_user("hand-made"), make_user("reviewer")
+    assert not Participant.objects.filter(study=study).exists()
+    finished_conversation(study, rater)
+    labeling.review_claim(rater=reviewer, study=study)
+    made = Participant.objects.filter(study=study).order_by("pk")
+    assert [(p.user.username, p.external_id, p.status) for p in made] == [
+        ("hand-made", None, "active"),
+        ("reviewer", None, "active"),
+    ]
+    # ... so admin can exclude them like anyone else, and the next start says so
+    client.force_login(staff_with(make_user, "annotate.view_participant", "annotate.change_participant"))
+    changelist = reverse("admin:annotate_participant_changelist")
+    chosen = made.get(user=rater)
+    response = client.post(
+        changelist,
+        {"action": "exclude_work", "_selected_action": [chosen.pk], "apply": "1", "reason": "Spam", "requeue": "on"},
+    )
+    assert response.status_code == 302
+    with pytest.raises(ActionRefused, match="Your work in this study has ended"):
+        services.conversation_start(study=study, rater=rater)
+    assert study_dashboard(study=study).conversations == 0
+
+
+def test_a_rater_who_failed_may_retake_the_qualification_when_admin_lets_them(qualified_study, make_user, client):
+    rater = make_user()
+    answer(qualified_study, rater, [("acknowledgment",), ("clarification",), ("acknowledgment",)])  # 1 of 3
+    participant = Participant.objects.get(study=qualified_study, user=rater)
+    assert participant.status == Participant.Status.SCREENED_OUT and participant.gold_passed == 1
+
+    client.force_login(staff_with(make_user, "annotate.view_participant"))  # a viewer cannot
+    changelist = reverse("admin:annotate_participant_changelist")
+    client.post(changelist, {"action": "retake_qualification", "_selected_action": [participant.pk]})
+    participant.refresh_from_db()
+    assert participant.status == Participant.Status.SCREENED_OUT
+    client.force_login(staff_with(make_user, "annotate.view_participant", "annotate.change_participant"))
+    response = client.post(changelist, {"action": "retake_qualification", "_selected_action": [participant.pk]})
+    assert response.status_code == 302
+    participant.refresh_from_db()
+    assert (participant.status, participant.screenout_reason, participant.qualification_score) == ("active", "", None)
+    assert participant.gold_passed == 0 and not GoldAnswer.objects.filter(rater=rater).exists()
+
+    answer(qualified_study, rater, [("clarification",), ("clarification",), ("acknowledgment",)])  # 2 of 3
+    participant.refresh_from_db()
+    assert participant.qualified_at is not None and participant.gold_passed == 2
+    assert services.conversation_start(study=qualified_study, rater=rater).status == Conversation.Status.ACTIVE
+
+
+def test_retaking_is_refused_to_those_who_left_otherwise(qualified_study, make_user):
+    participant = Participant.objects.create(study=qualified_study, user=make_user(), external_id="pid-1")
+    panel.participant_screen_out(participant, panel.NO_PLACES)
+    with pytest.raises(ActionRefused, match="not by failing the qualification") as refused:
+        labeling.qualification_reset(participant)
+    assert refused.value.status == 409
+
+
+@pytest.fixture
+def checked_study(make_study: Any) -> Study:
+    """Conversations to review, and two attention gold items met between reviews."""
+    study = make_study(scenarios=4, overlap=1, review_overlap=1)
+    gold(study, ("clarification",), kind=GoldItem.Kind.ATTENTION, n=1)
+    gold(study, (), kind=GoldItem.Kind.ATTENTION, n=2)
+    return study
+
+
+def test_attention_gold_items_come_between_reviews_and_count_as_gold(checked_study, make_study, make_user, client):
+    study = checked_study
+    for number in range(4):
+        finished_conversation(study, make_user(f"talker{number}"))
+    reviewer = make_user("reviewer")
+    client.force_login(reviewer)
+    next_url = reverse("labeling:review_next", args=[study.slug])
+    check_url = reverse("labeling:review_check", args=[study.slug])
+
+    first = client.post(next_url)  # no check before any review
+    assert first["Location"].startswith("/review/")
+    assert client.get(check_url)["Location"] == reverse("labeling:review_home")  # nothing due yet
+    review = ReviewAssignment.objects.get(rater=reviewer)
+    assert client.post(next_url)["Location"] == first["Location"]  # an open review resumes first
+    labeling.review_finish(rater=reviewer, assignment_id=review.pk)
+
+    assert client.post(next_url)["Location"] == check_url  # after the first review: a check
+    page = client.get(check_url).content.decode()
+    item = GoldItem.objects.get(study=study, order=1)
+    assert item.reply in page and 'name="labels"' in page and "attention" not in page.lower()
+    wrong_study = gold(make_study(), ("clarification",), kind=GoldItem.Kind.ATTENTION)
+    assert client.post(check_url, {"item": wrong_study.pk}).status_code == 404
+    response = client.post(check_url, {"item": item.pk, "labels": label_ids(study, "clarification")})
+    second = ReviewAssignment.objects.filter(rater=reviewer, status="open").get()
+    assert response["Location"] == reverse("labeling:review_detail", args=[second.pk])  # on to the next review
+    client.post(check_url, {"item": item.pk, "labels": []})  # a resend: the first answer stands
+    answer_row = GoldAnswer.objects.get(rater=reviewer)
+    assert answer_row.passed and answer_row.item_id == item.pk
+    assert Participant.objects.get(study=study, user=reviewer).gold_passed == 1
+
+    labeling.review_finish(rater=reviewer, assignment_id=second.pk)
+    third = client.post(next_url)  # the next check waits for the 3rd finished review
+    assert third["Location"] != check_url
+    labeling.review_finish(rater=reviewer, assignment_id=ReviewAssignment.objects.get(rater=reviewer, status="open").pk)
+    assert client.post(next_url)["Location"] == check_url
+    client.post(
+        check_url, {"item": GoldItem.objects.get(study=study, order=2).pk, "labels": label_ids(study, "repair")}
+    )
+    figures = rater_figures(study=study, rater_id=reviewer.pk)
+    assert (figures.gold_passed, figures.gold_total) == (1, 2)  # one right, one wrong: in gold accuracy
+
+    # An excluded reviewer meets no check and gets no more reviews
+    services.participant_exclude(Participant.objects.get(study=study, user=reviewer), "Random tags")
+    assert client.get(check_url)["Location"] == reverse("labeling:review_home")
+    assert client.post(next_url).status_code == 403
