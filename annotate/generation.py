@@ -11,15 +11,25 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from annotate import selectors, signals
+from annotate import live, selectors, signals
 from annotate.models import Turn
-from workers.backends import GenerationError, GenerationRequest, GenerationResult, OnText, backend_for
+from workers.backends import (
+    GenerationError,
+    GenerationRequest,
+    GenerationResult,
+    OnText,
+    backend_for,
+    batch_key,
+    generate_all,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +38,28 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def turn_claim(*, turn_id: int, redelivered: bool = False) -> int | None:
+class TurnInterrupted(Exception):
+    """The database failed while this attempt held the turn (a restart, no connection left): the task
+    retries with backoff and takes the turn up again (`turn_claim(held_attempt=...)`) instead of being
+    acknowledged as done with the turn left streaming."""
+
+    def __init__(self, attempt: int | None) -> None:
+        super().__init__(f"database error while holding attempt {attempt}")
+        self.attempt = attempt
+
+
+def turn_claim(*, turn_id: int, redelivered: bool = False, held_attempt: int | None = None) -> int | None:
     """Take the turn for this process; returns the attempt number, or None if not ours to run.
 
     Pending turns are claimable. A streaming turn is claimable when its lease ran out (no token
-    written for TURN_LEASE_SECONDS) or when the broker says this message is a redelivery, i.e.
-    the worker that held it is gone.
+    written for TURN_LEASE_SECONDS), when the broker says this message is a redelivery, i.e.
+    the worker that held it is gone, or when it is still at `held_attempt`: the attempt this task held
+    when the database failed under it (nobody took it over since).
     """
     now = timezone.now()
     stale = Q(heartbeat_at__lt=now - timedelta(seconds=settings.TURN_LEASE_SECONDS)) | Q(heartbeat_at__isnull=True)
+    if held_attempt is not None:
+        stale |= Q(attempt=held_attempt)
     takeover = Q(status=Turn.Status.STREAMING) & (Q() if redelivered else stale)
     claimable = Turn.objects.filter(pk=turn_id, role=Turn.Role.ASSISTANT)
     claimable = claimable.filter(Q(status=Turn.Status.PENDING) | takeover)
@@ -52,54 +75,147 @@ def turn_claim(*, turn_id: int, redelivered: bool = False) -> int | None:
     )
     if updated != 1:
         return None
-    return Turn.objects.values_list("attempt", flat=True).get(pk=turn_id)
+    attempt = Turn.objects.values_list("attempt", flat=True).get(pk=turn_id)
+    # The rater's page learns the reply started (again: attempt > 1 says it was retried).
+    live.publish(live.turn_state(id=turn_id, status=Turn.Status.STREAMING, text="", heartbeat_at=now, attempt=attempt))
+    return attempt
 
 
-def turn_generate(*, turn_id: int, redelivered: bool = False) -> str:
-    """Claim and sample one assistant turn. Returns what happened, for logs and tests."""
-    attempt = turn_claim(turn_id=turn_id, redelivered=redelivered)
+def turn_generate(*, turn_id: int, redelivered: bool = False, held_attempt: int | None = None) -> str:
+    """Claim and sample one assistant turn. Returns what happened, for logs and tests.
+
+    A database error raises TurnInterrupted (with the attempt held, if any) for the task to retry."""
+    try:
+        attempt = turn_claim(turn_id=turn_id, redelivered=redelivered, held_attempt=held_attempt)
+    except DatabaseError as exc:
+        raise TurnInterrupted(held_attempt) from exc
     if attempt is None:
         return _unclaimed(turn_id)
+    try:
+        return _generate(turn_id, attempt, redelivered=redelivered)
+    except DatabaseError as exc:
+        log.warning("Database error while generating turn %s (attempt %s); retrying", turn_id, attempt)
+        raise TurnInterrupted(attempt) from exc
+
+
+def _generate(turn_id: int, attempt: int, *, redelivered: bool) -> str:
     turn = Turn.objects.select_related("model_config").get(pk=turn_id)
     # Every write below goes through `mine`: it matches nothing once another attempt claimed the turn.
     mine = Turn.objects.filter(pk=turn_id, attempt=attempt, status=Turn.Status.STREAMING)
     if redelivered and attempt > settings.TURN_MAX_CRASHES:
         # A message that kills its worker every time would otherwise be redelivered forever.
         return _fail(
-            mine, f"The worker stopped {attempt - 1} times while writing this reply; retry, or tell the researcher."
+            mine,
+            turn_id,
+            f"The worker stopped {attempt - 1} times while writing this reply; retry, or tell the researcher.",
         )
-    on_text = _text_writer(mine)
-    request = _request_for(turn)
+    if turn.model_config is None:
+        return _fail(mine, turn_id, "This turn has no model configuration")
+    key = batch_key(turn.model_config, turn.params)
+    riders = _riders_claim(turn) if key is not None and settings.GENERATION_BATCH_SIZE > 1 else []
+    group = [(turn, attempt), *riders]
+    held = {t.pk: Turn.objects.filter(pk=t.pk, attempt=a, status=Turn.Status.STREAMING) for t, a in group}
+    writers = [_text_writer(held[t.pk], t.pk, a) for t, a in group]
+    requests = [_request_for(t) for t, _ in group]
+    backend = backend_for(turn.model_config)
+    connection_between_writes()  # the model takes a while: hold no connection meanwhile
     try:
-        if turn.model_config is None:
-            raise GenerationError("This turn has no model configuration")
-        result = backend_for(turn.model_config).generate(request, on_text)
+        results = generate_all(backend, requests, writers)
+    except DatabaseError:
+        raise  # not the model's fault: the task retries (TurnInterrupted); riders wait for the sweep
     except Exception as exc:  # the rater sees the message and may retry
         log.exception("Generation failed for turn %s", turn_id)
-        return _fail(mine, str(exc) if isinstance(exc, GenerationError) else f"{type(exc).__name__}: {exc}")
-    return _finish(mine, turn_id, result)
+        error = str(exc) if isinstance(exc, GenerationError) else f"{type(exc).__name__}: {exc}"
+        return [_fail(held[t.pk], t.pk, error) for t, _ in group][0]
+    return [_finish(held[t.pk], t.pk, result) for (t, _), result in zip(group, results, strict=True)][0]
+
+
+# A reply sampled in another's batch is marked in `claimed_by`: its own task then has nothing to do.
+RIDER_MARK = " in the batch of turn "
+
+
+def _riders_claim(turn: Turn) -> list[tuple[Turn, int]]:
+    """Dynamic batching: claim up to GENERATION_BATCH_SIZE - 1 other replies waiting for the same model with
+    the same parameters (the oldest first, across raters; rows another worker is claiming are skipped), to be
+    sampled in one batch with `turn`. Their own tasks find them taken (`_unclaimed`: "riding"); if this worker
+    is lost, the recovery sweep hands them out again after the lease. Returns (turn, attempt) pairs."""
+    now = timezone.now()
+    with transaction.atomic():
+        waiting = (
+            Turn.objects.filter(
+                role=Turn.Role.ASSISTANT,
+                status=Turn.Status.PENDING,
+                model_config_id=turn.model_config_id,
+                params=turn.params,
+                is_attention_check=False,
+            )
+            .exclude(pk=turn.pk)
+            .order_by("created_at", "pk")
+            .select_for_update(skip_locked=True)
+        )
+        ids = list(waiting.values_list("pk", flat=True)[: settings.GENERATION_BATCH_SIZE - 1])
+        if not ids:
+            return []
+        Turn.objects.filter(pk__in=ids, status=Turn.Status.PENDING).update(
+            status=Turn.Status.STREAMING,
+            attempt=F("attempt") + 1,
+            claimed_by=f"{worker_identity()}{RIDER_MARK}{turn.pk}",
+            text="",
+            error="",
+            started_at=now,
+            heartbeat_at=now,
+            first_token_at=None,
+        )
+    riders = list(Turn.objects.filter(pk__in=ids).select_related("model_config").order_by("created_at", "pk"))
+    live.announce(ids)
+    return [(rider, rider.attempt) for rider in riders]
 
 
 def _unclaimed(turn_id: int) -> str:
-    """Why the claim failed: someone else holds a live lease ("busy": look again once it may have
-    expired), or the turn is not one to run ("skipped": finished, failed, not a reply, or no such turn)."""
-    busy = Turn.objects.filter(pk=turn_id, status=Turn.Status.STREAMING).exists()
-    return "busy" if busy else "skipped"
+    """Why the claim failed: the reply is being sampled in another's batch ("riding": nothing to do), someone
+    else holds a live lease ("busy": look again once it may have expired), or the turn is not one to run
+    ("skipped": finished, failed, not a reply, or no such turn)."""
+    row = Turn.objects.filter(pk=turn_id, status=Turn.Status.STREAMING).values_list("claimed_by", flat=True).first()
+    if row is None:
+        return "skipped"
+    return "riding" if RIDER_MARK in row else "busy"
 
 
-def _text_writer(mine: QuerySet[Turn]) -> OnText:
-    """The backend's `on_text`: store the text so far (the rater's page polls it) and the heartbeat that
-    keeps the lease, stamp the first token once, and say stop when this attempt no longer holds the turn."""
+def connection_between_writes() -> None:
+    """Give a pooled connection back between row writes: a threads worker sampling dozens of replies from model
+    servers then holds at most its pool's connections (each write takes one for a moment). Without a pool the
+    connection stays (reconnecting for every write would cost more than it saves)."""
+    if connection.settings_dict.get("OPTIONS", {}).get("pool") and not connection.in_atomic_block:
+        connection.close()
+
+
+def _text_writer(mine: QuerySet[Turn], turn_id: int, attempt: int) -> OnText:
+    """The backend's `on_text`: store the text so far and the heartbeat that keeps the lease, publish it to
+    the rater's stream (annotate.live), stamp the first token once, and say stop when this attempt no longer
+    holds the turn. Writes are coalesced: the first token at once, then at most one row write per
+    STREAM_WRITE_SECONDS (100 streaming replies cost ~1,000 UPDATEs a second, not one per token); the text
+    in between goes out with the next write, the last with the finish (`_finish`)."""
     first_token_written = False
+    last_write = 0.0
+    held = True
 
     def on_text(text: str) -> bool:
-        nonlocal first_token_written
+        nonlocal first_token_written, last_write, held
+        clock = time.monotonic()
+        if first_token_written and clock - last_write < settings.STREAM_WRITE_SECONDS:
+            return held
         now = timezone.now()
         fields: dict[str, object] = {"text": text, "heartbeat_at": now}
         if not first_token_written:
             fields["first_token_at"] = now
             first_token_written = True
-        return mine.update(**fields) == 1
+        last_write = clock
+        held = mine.update(**fields) == 1
+        connection_between_writes()
+        if held:
+            live.publish(live.turn_state(id=turn_id, status=Turn.Status.STREAMING, text=text, heartbeat_at=now,
+                                         attempt=attempt))  # fmt: skip
+        return held
 
     return on_text
 
@@ -115,9 +231,10 @@ def _request_for(turn: Turn) -> GenerationRequest:
     )
 
 
-def _fail(mine: QuerySet[Turn], error: str) -> str:
+def _fail(mine: QuerySet[Turn], turn_id: int, error: str) -> str:
     """Mark the turn failed with a message the rater sees (they may retry), if this attempt still holds it."""
-    mine.update(status=Turn.Status.FAILED, error=error[:2000], finished_at=timezone.now())
+    if mine.update(status=Turn.Status.FAILED, error=error[:2000], finished_at=timezone.now()):
+        live.announce([turn_id])
     return "failed"
 
 
@@ -126,7 +243,7 @@ def _finish(mine: QuerySet[Turn], turn_id: int, result: GenerationResult) -> str
     if result.stopped_early:
         return "superseded"
     if not result.text:
-        return _fail(mine, "The model returned an empty reply.")
+        return _fail(mine, turn_id, "The model returned an empty reply.")
     finished = mine.update(
         status=Turn.Status.DONE,
         text=result.text,
@@ -135,5 +252,6 @@ def _finish(mine: QuerySet[Turn], turn_id: int, result: GenerationResult) -> str
         finished_at=timezone.now(),
     )
     if finished == 1:
+        live.announce([turn_id])
         signals.turn_finished.send(sender=Turn, turn_id=turn_id)
     return "done" if finished == 1 else "superseded"

@@ -46,6 +46,12 @@ class Study(models.Model):
         default=60,
         help_text="An active conversation with no activity for this long expires and its scenario returns to the pool.",
     )
+    max_queued_turns = models.PositiveIntegerField(
+        default=0,
+        help_text="Busy bound: when more than this many candidate replies wait for a worker (pending, counted over "
+        "all studies: the generation queue is shared), new conversations are refused with “busy, try again in N "
+        "s” (503); active conversations go on. 0 = no bound.",
+    )
     # --- crowd panel entry and exit (Prolific or any panel that passes ids in the link) ---------
     panel_participant_param = models.CharField(
         max_length=40, default="PROLIFIC_PID", help_text="Query parameter of the study link holding the participant id."
@@ -193,7 +199,14 @@ class Turn(models.Model):
 
     class Meta:
         ordering = ["depth", "position", "id"]
-        indexes = [models.Index(fields=["conversation", "depth"])]
+        indexes = [
+            models.Index(fields=["conversation", "depth"]),
+            # Small (only the queue): counting the generation queue (a study's busy bound) and finding replies
+            # waiting too long (the recovery sweep) never scan the whole table.
+            models.Index(fields=["created_at"], condition=Q(status="pending"), name="turn_pending_created"),
+            # Replies finished in the last minute: the throughput a busy refusal's Retry-After is estimated from.
+            models.Index(fields=["finished_at"], condition=Q(finished_at__isnull=False), name="turn_finished_at"),
+        ]
 
     # What raters are shown for a failed reply. `error` is for staff (admin's Turn pages): it may name the
     # model server and quote its reply.

@@ -216,7 +216,9 @@ def participant_qualification_step(participant: Participant) -> str | None:
 def participant_continue(participant: Participant) -> str:
     """`participant_next_step`, handing the work out now when that is the next step (for POSTs: after
     consent, the work page's button): the URL of the conversation, or of the done page when there is no
-    work left for them (done if they finished a conversation, screened out if they have none: no places)."""
+    work left for them (done if they finished a conversation, screened out if they have none: no places).
+    A refusal to try again later (busy: it carries Retry-After) ends nobody's place: it is passed on, with a
+    link back to the work page."""
     url = participant_next_step(participant)
     if url != panel_url("panel_work", participant.study.slug):
         return url
@@ -224,6 +226,15 @@ def participant_continue(participant: Participant) -> str:
     try:
         conversation = services.conversation_start(study=study, rater=participant.user)
     except ActionRefused as exc:
+        if "Retry-After" in exc.headers:
+            # Busy (or too fast) for now: no reason to end their place. Say so, with the way back to the work page.
+            raise ActionRefused(
+                exc.message,
+                exc.status,
+                link=panel_url("panel_work", study.slug),
+                link_text="Try again",
+                headers=exc.headers,
+            ) from exc
         if exc.link or not study.is_active or Participant.objects.filter(pk=participant.pk, excluded=True).exists():
             raise  # a step to take first (its link is shown), a closed study, an excluded rater: say so
         if completed_count(participant) > 0:

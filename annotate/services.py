@@ -17,17 +17,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.db import IntegrityError, models, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
-from annotate import selectors, signals
+from annotate import live, selectors, signals
 from annotate.models import Comparison, Conversation, Participant, Scenario, Study, Turn
 from core.errors import ActionRefused
 from core.tasks import task_send
 from core.validation import check_storable, check_structure, clean_note, clean_text, parse_json
+from workers.backends import generation_queue
 from workers.models import ModelConfig
 
 # Sent by name: tag suggestions belong to labeling, a layer above this one.
@@ -63,8 +65,12 @@ def expired_message(study: Study) -> str:
 
 
 def _enqueue(turn_ids: Iterable[int], *, suggest_for: int | None = None) -> None:
-    for turn_id in turn_ids:
-        task_send(SAMPLE_TASK, turn_id)
+    """Send each reply's sampling task to its backend's queue (`workers.backends.generation_queue`), then the
+    tag suggestions."""
+    ids = list(turn_ids)
+    backends = dict(Turn.objects.filter(pk__in=ids).values_list("pk", "model_config__backend"))
+    for turn_id in ids:
+        task_send(SAMPLE_TASK, turn_id, queue=generation_queue(backends.get(turn_id) or ""))
     if suggest_for is not None:  # after the samples: they are what the rater waits for
         task_send(SUGGEST_TASK, suggest_for)
 
@@ -91,7 +97,9 @@ def conversation_start(*, study: Study, rater: User) -> Conversation:
     completed conversations (expired and abandoned ones give their place back); a rater never gets a scenario
     they had before, whatever became of that conversation (an expired one included); a rater has at most one
     active conversation per study (the `conversation_one_active_per_rater` constraint) and at most
-    `study.conversations_per_rater` active + completed ones (0: no quota). Refusals are 409s.
+    `study.conversations_per_rater` active + completed ones (0: no quota). Refusals are 409s, but for one: while
+    the generation queue is longer than `study.max_queued_turns`, a new conversation is refused as busy (503 with
+    Retry-After, `_refuse_when_busy`); resuming the active one never is.
 
     Safe under any concurrency: handing out is serialised per study (the study row is locked), idle
     conversations are expired under that lock before counting, and a start that still meets the one-active
@@ -106,6 +114,7 @@ def conversation_start(*, study: Study, rater: User) -> Conversation:
         return active
     # Higher layers may refuse new work (labeling: the study's qualification first).
     signals.work_requested.send(sender=Conversation, study=study, rater=rater)
+    _refuse_when_busy(study)
     try:
         with transaction.atomic():  # a savepoint: the IntegrityError below leaves the transaction usable
             return _conversation_assign(study, rater)
@@ -114,6 +123,40 @@ def conversation_start(*, study: Study, rater: User) -> Conversation:
         if active is None:
             raise
         return active
+
+
+BUSY_RETRY_MIN_SECONDS, BUSY_RETRY_MAX_SECONDS = 5, 120
+_THROUGHPUT_WINDOW = timedelta(seconds=60)
+
+
+def _refuse_when_busy(study: Study) -> None:
+    """Refuse a new conversation while more candidate replies wait for a worker (PENDING, all studies: the
+    queue is shared) than the study's `max_queued_turns` (0: no bound): a rater then gets "busy, try again in
+    N s" at once, instead of a conversation whose replies would take minutes. Nothing is written.
+
+    N is the queue's length divided by the generation throughput of the last minute (replies finished), so
+    the time for the queue ahead to drain, clamped to BUSY_RETRY_MIN_SECONDS..BUSY_RETRY_MAX_SECONDS (the
+    longest when nothing finished in the last minute). Both counts read small partial indexes of Turn."""
+    bound = study.max_queued_turns
+    if not bound:
+        return
+    queued = Turn.objects.filter(status=Turn.Status.PENDING).count()
+    if queued <= bound:
+        return
+    finished = Turn.objects.filter(
+        finished_at__gte=timezone.now() - _THROUGHPUT_WINDOW,
+        role=Turn.Role.ASSISTANT,
+        is_rewrite=False,
+        is_attention_check=False,
+    ).count()
+    per_second = finished / _THROUGHPUT_WINDOW.total_seconds()
+    wait = queued / per_second if per_second else BUSY_RETRY_MAX_SECONDS
+    seconds = max(BUSY_RETRY_MIN_SECONDS, min(BUSY_RETRY_MAX_SECONDS, math.ceil(wait)))
+    raise ActionRefused(
+        f"The models are busy with other raters' replies right now: try again in {seconds} s.",
+        status=503,
+        headers={"Retry-After": str(seconds)},
+    )
 
 
 def _active_resumed(study: Study, rater: User) -> Conversation | None:
@@ -690,3 +733,51 @@ def demo_setup() -> dict[str, str]:
         user.set_password(password)
         user.save()
     return dict(DEMO_ACCOUNTS)
+
+
+# --- recovery: no reply stays stuck (docs/architecture.md, "Reliability") --------------------------
+
+WORKER_LOST = "The worker writing this reply stopped {n} times; retry it, or tell the researcher if it keeps failing."
+
+
+def turns_recover(now: datetime | None = None) -> dict[str, int]:
+    """The recovery sweep (`annotate.tasks.recover_turns_task`, every RECOVER_SWEEP_SECONDS by beat).
+
+    * A reply STREAMING with no row write for TURN_LEASE_SECONDS lost its worker (killed, its node gone, or
+      wedged on a dead connection): it goes back to PENDING and its task is sent again, so it is taken up
+      within the lease plus one sweep, not after the broker's visibility timeout (15 min on Redis). One whose
+      workers were lost TURN_MAX_CRASHES times is FAILED instead (the rater may retry it).
+    * A reply PENDING for PENDING_REQUEUE_SECONDS since it was made or last sent (its message lost: a task
+      that died before its claim was acknowledged) has its task sent again.
+
+    A duplicate message is harmless: the claim lets one attempt run. Rows another sweep holds are skipped.
+    `heartbeat_at` of a pending reply records when its task was last sent. Returns counts, for logs and tests.
+    """
+    now = now or timezone.now()
+    lease = now - timedelta(seconds=settings.TURN_LEASE_SECONDS)
+    waited = now - timedelta(seconds=settings.PENDING_REQUEUE_SECONDS)
+    replies = Turn.objects.filter(role=Turn.Role.ASSISTANT)
+    stale = replies.filter(Q(heartbeat_at__lt=lease) | Q(heartbeat_at__isnull=True), status=Turn.Status.STREAMING)
+    forgotten = replies.filter(
+        Q(heartbeat_at__lt=waited) | Q(heartbeat_at__isnull=True, created_at__lt=waited), status=Turn.Status.PENDING
+    )
+    with transaction.atomic():
+        lost = list(stale.select_for_update(skip_locked=True).values_list("pk", "attempt"))
+        give_up = [pk for pk, attempt in lost if attempt >= settings.TURN_MAX_CRASHES]
+        again = [pk for pk, attempt in lost if attempt < settings.TURN_MAX_CRASHES]
+        Turn.objects.filter(pk__in=give_up, status=Turn.Status.STREAMING).update(
+            status=Turn.Status.FAILED, error=WORKER_LOST.format(n=settings.TURN_MAX_CRASHES), finished_at=now
+        )
+        Turn.objects.filter(pk__in=again, status=Turn.Status.STREAMING).update(
+            status=Turn.Status.PENDING, text="", heartbeat_at=now
+        )
+        resend = list(forgotten.select_for_update(skip_locked=True).values_list("pk", flat=True))
+        Turn.objects.filter(pk__in=resend).update(heartbeat_at=now)
+        changed, send = [*give_up, *again], [*again, *resend]
+
+        def after_commit() -> None:
+            live.announce(changed)
+            _enqueue(send)
+
+        transaction.on_commit(after_commit)
+    return {"failed": len(give_up), "requeued": len(again), "resent": len(resend)}

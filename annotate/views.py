@@ -7,21 +7,18 @@ so the session also works without JavaScript (minus live streaming).
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from django.conf import settings
+from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import reswap, retarget
 
-from annotate import panel, selectors, services, signals
+from annotate import live, panel, selectors, services, signals
 from annotate.models import Comparison, Conversation, Study, Turn
 from core.errors import ActionRefused
 from core.http import AppRequest, answers_refusals, refused_fragment, refused_page
@@ -36,8 +33,12 @@ def _conversation_for(request: AppRequest, pk: int) -> Conversation:
     )
 
 
-def _session_context(conversation: Conversation, error: str = "") -> dict[str, Any]:
-    path = selectors.lived_path(conversation)
+def _session_context(
+    conversation: Conversation, error: str = "", *, path: list[Turn] | None = None, shown: list[Turn] | None = None
+) -> dict[str, Any]:
+    """What the session templates show. `shown`: the turns of the path this answer renders (all by default);
+    the tags are read for those and the candidates only."""
+    path = selectors.lived_path(conversation) if path is None else path
     awaiting = selectors.awaiting_vote(conversation)
     candidates = selectors.candidates_of(awaiting) if awaiting else []
     user_turns = sum(1 for t in path if t.role == Turn.Role.USER)
@@ -57,18 +58,44 @@ def _session_context(conversation: Conversation, error: str = "") -> dict[str, A
         "goal_choices": Conversation.Goal.choices,
     }
     # What higher layers show in the session (labeling: the tag bars' labels and the rater's tags).
-    turns = [*path, *candidates]
+    turns = [*(path if shown is None else shown), *candidates]
     for _, extra in signals.session_rendering.send(sender=Conversation, conversation=conversation, turns=turns):
         context.update(cast(dict[str, Any], extra))
     return context
 
 
 def _respond(request: AppRequest, conversation: Conversation) -> HttpResponse:
-    """After a successful action: the fresh fragment for htmx, a redirect for a plain form."""
-    if request.htmx:
-        conversation.refresh_from_db()
-        return render(request, "annotate/_session.html", _session_context(conversation))
-    return redirect("annotate:conversation", pk=conversation.pk)
+    """After a successful action: for htmx, what changed (the composer, and out of band the turns the path gained
+    since the form was shown: `_session_update.html`), or the whole session when the page did not say what it
+    shows or shows another branch (a stale tab); a redirect for a plain form."""
+    if not request.htmx:
+        return redirect("annotate:conversation", pk=conversation.pk)
+    conversation.refresh_from_db()
+    path = selectors.lived_path(conversation)
+    new_turns = _turns_after(path, request.POST.get("shown"))
+    if new_turns is None:
+        response = render(request, "annotate/_session.html", _session_context(conversation, path=path))
+        return reswap(retarget(response, "#session"), "outerHTML")
+    # A new message folds the feedback buttons of the message before it (only the latest shows them unfolded).
+    first_new_user = next((t for t in new_turns if t.role == Turn.Role.USER), None)
+    earlier_users = [t for t in path[: len(path) - len(new_turns)] if t.role == Turn.Role.USER and t.depth > 0]
+    refolded = earlier_users[-1:] if first_new_user is not None else []
+    context = _session_context(conversation, path=path, shown=[*new_turns, *refolded])
+    context.update(new_turns=new_turns, refolded=refolded, first_turns=len(new_turns) == len(path) > 0)
+    return render(request, "annotate/_session_update.html", context)
+
+
+def _turns_after(path: list[Turn], shown: str | None) -> list[Turn] | None:
+    """The turns of `path` below the one the page showed last (`shown`: its id, "" for none yet), or None when
+    that is unknown or not on the path."""
+    if shown is None:
+        return None
+    if shown == "":
+        return path
+    ids = [t.pk for t in path]
+    if not is_id(shown) or int(shown) not in ids:
+        return None
+    return path[ids.index(int(shown)) + 1 :]
 
 
 def _session_page(request: AppRequest, exc: ActionRefused, pk: int, **_: Any) -> HttpResponse:
@@ -113,6 +140,8 @@ def conversation_detail(request: AppRequest, pk: int) -> HttpResponse:
         return refused_fragment(request, ActionRefused(services.expired_message(conversation.study), status=409))
     if conversation.status != Conversation.Status.ACTIVE:
         return redirect("annotate:transcript", pk=pk)  # an expired one says so there
+    if request.htmx and request.GET.get("part") == "composer":  # after a stream ended: the vote, enabled
+        return render(request, "annotate/_composer.html", _session_context(conversation, shown=[]))
     template = "annotate/_session.html" if request.htmx else "annotate/conversation.html"
     return render(request, template, _session_context(conversation))
 
@@ -205,39 +234,6 @@ def transcript(request: AppRequest, pk: int) -> HttpResponse:
 # --- streaming ---------------------------------------------------------------------------
 
 
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
-
-
-async def _turn_events(turn_ids: list[int]) -> AsyncIterator[bytes]:
-    """Poll the candidates' rows and send each change, until all are finished.
-
-    Workers write every token to the row, so polling the row is the one mechanism that works
-    with every database and broker (SQLite + filesystem, PostgreSQL + Redis, many hosts).
-    """
-    sent: dict[int, tuple[str, str]] = {}
-    deadline = time.monotonic() + settings.STREAM_MAX_SECONDS
-    yield b"retry: 1000\n\n"
-    while time.monotonic() < deadline:
-        finished = 0
-        async for row in Turn.objects.filter(pk__in=turn_ids).values("id", "text", "status", "heartbeat_at"):
-            state = (row["status"], row["text"])
-            if sent.get(row["id"]) != state:
-                sent[row["id"]] = state
-                stamp = row["heartbeat_at"].timestamp() if row["heartbeat_at"] else None
-                # Raters get the generic message; the failure's detail (Turn.error) is for staff in admin.
-                error = Turn.RATER_ERROR if row["status"] == Turn.Status.FAILED else ""
-                yield _sse(
-                    "turn",
-                    {"id": row["id"], "status": row["status"], "text": row["text"], "error": error, "t": stamp},
-                )
-            finished += row["status"] in (Turn.Status.DONE, Turn.Status.FAILED)
-        if finished == len(turn_ids):
-            yield _sse("end", {})
-            return
-        await asyncio.sleep(settings.STREAM_POLL_SECONDS)
-
-
 @login_required
 async def stream(request: AppRequest, pk: int) -> StreamingHttpResponse:
     """Server-sent events with the text of the candidates answering the latest user message."""
@@ -247,7 +243,8 @@ async def stream(request: AppRequest, pk: int) -> StreamingHttpResponse:
         raise Http404("No such conversation")
     awaiting = selectors.awaiting_vote(conversation)
     turn_ids = [] if awaiting is None else [t.pk async for t in awaiting.children.filter(is_rewrite=False)]
-    response = StreamingHttpResponse(_turn_events(turn_ids), content_type="text/event-stream")
+    await sync_to_async(live.release_connection)()  # the stream holds no connection while it waits
+    response = StreamingHttpResponse(live.turn_events(turn_ids), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response

@@ -21,7 +21,27 @@ os.environ.setdefault("SECRET_KEY", "bench-only-key-never-used-in-production-3c8
 from tests.processes import ChildProcess as Child  # noqa: E402
 from tests.processes import free_port  # noqa: E402
 
-__all__ = ["ROOT", "Child", "ensure_database", "flush_broker", "free_port", "percentile"]
+__all__ = ["ROOT", "Child", "ensure_database", "flush_broker", "free_port", "percentile", "refuse_shared"]
+
+SHARED_DATABASES = {"commonground", "postgres", "template0", "template1"}  # and every test* database
+SHARED_REDIS_DBS = {0, 1, 2}
+
+
+def refuse_shared(database_url: str, broker_url: str, *, example_broker: str) -> None:
+    """Exit unless both are the bench's own: a PostgreSQL database that is not shared (nor a test database)
+    and a Redis db above the shared 0-2 (the bench flushes it)."""
+    db = urlparse(database_url)
+    if db.scheme not in {"postgres", "postgresql"}:
+        sys.exit(f"--database-url must be a PostgreSQL URL, not {database_url!r}")
+    name = db.path.lstrip("/")
+    if not name or name in SHARED_DATABASES or name.startswith("test"):
+        sys.exit(f"Refusing to run on database {name!r}: it is shared; use a database of the bench's own")
+    broker = urlparse(broker_url)
+    if broker.scheme not in {"redis", "rediss"}:
+        sys.exit(f"--broker-url must be a Redis URL, not {broker_url!r}")
+    redis_db = int(broker.path.lstrip("/") or 0)
+    if redis_db in SHARED_REDIS_DBS:
+        sys.exit(f"Refusing to flush Redis db {redis_db}: dbs 0-2 are shared; use e.g. {example_broker}")
 
 
 def ensure_database(database_url: str) -> None:

@@ -51,14 +51,11 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from common import ROOT, Child, ensure_database, flush_broker, free_port, percentile  # noqa: E402
+from common import ROOT, Child, ensure_database, flush_broker, free_port, percentile, refuse_shared  # noqa: E402
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cg_bench"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/3"
-SHARED_DATABASES = {"commonground", "postgres", "template0", "template1"}  # and every test* database
-SHARED_REDIS_DBS = {0, 1, 2}
 CONFIG_NAME = "bench-gemma"
 RATER = ("bench-rater", "bench-rater-password")
 SYSTEM_PROMPT = "The following is a conversation between a user and a helpful assistant."
@@ -119,21 +116,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.reps < 1 or args.tokens < 1:
         parser.error("--reps and --tokens must be positive")
     return args
-
-
-def refuse_shared(database_url: str, broker_url: str) -> None:
-    db = urlparse(database_url)
-    if db.scheme not in {"postgres", "postgresql"}:
-        sys.exit(f"--database-url must be a PostgreSQL URL, not {database_url!r}")
-    name = db.path.lstrip("/")
-    if not name or name in SHARED_DATABASES or name.startswith("test"):
-        sys.exit(f"Refusing to run on database {name!r}: it is shared; use a database of the bench's own")
-    broker = urlparse(broker_url)
-    if broker.scheme not in {"redis", "rediss"}:
-        sys.exit(f"--broker-url must be a Redis URL, not {broker_url!r}")
-    redis_db = int(broker.path.lstrip("/") or 0)
-    if redis_db in SHARED_REDIS_DBS:
-        sys.exit(f"Refusing to flush Redis db {redis_db}: dbs 0-2 are shared; use e.g. {DEFAULT_BROKER_URL}")
 
 
 # --- child processes -----------------------------------------------------------------------
@@ -578,7 +560,7 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    refuse_shared(args.database_url, args.broker_url)
+    refuse_shared(args.database_url, args.broker_url, example_broker=DEFAULT_BROKER_URL)
     os.environ["DATABASE_URL"] = args.database_url
     os.environ["CELERY_BROKER_URL"] = args.broker_url
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"

@@ -86,6 +86,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # No free database connection (pool timeout, server restarting): 503 with Retry-After, not a 500.
+    "core.middleware.DatabaseUnavailableMiddleware",
     # Last, as django-axes asks: turns a locked-out login into the lock-out page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -115,6 +117,34 @@ DATABASES = {
         conn_max_age=envint("DB_CONN_MAX_AGE", 0),
     )
 }
+# PostgreSQL: each process draws its connections from a pool (Django's, psycopg-pool) of at most
+# DB_POOL_MAX_SIZE, so a web process holds that many connections however many requests it serves; a
+# request that waits DB_POOL_TIMEOUT seconds for one is answered 503 with Retry-After
+# (core.middleware.DatabaseUnavailableMiddleware). `serve` checks that web processes × DB_POOL_MAX_SIZE plus
+# the workers fit in max_connections (README, "Production"). DB_POOL=0: one connection per thread, unbounded.
+DB_POOL = envbool("DB_POOL", True)
+DB_POOL_MIN_SIZE = envint("DB_POOL_MIN_SIZE", 1)
+DB_POOL_MAX_SIZE = envint("DB_POOL_MAX_SIZE", 4)
+DB_POOL_TIMEOUT = envfloat("DB_POOL_TIMEOUT", 10.0)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and DB_POOL:
+    if DATABASES["default"]["CONN_MAX_AGE"]:
+        raise ImproperlyConfigured(
+            "DB_CONN_MAX_AGE keeps connections per thread, which the connection pool replaces: unset it, "
+            "or set DB_POOL=0 to turn the pool off."
+        )
+    if not 0 <= DB_POOL_MIN_SIZE <= DB_POOL_MAX_SIZE or DB_POOL_MAX_SIZE < 1 or DB_POOL_TIMEOUT <= 0:
+        raise ImproperlyConfigured(
+            "The connection pool needs 0 <= DB_POOL_MIN_SIZE <= DB_POOL_MAX_SIZE, DB_POOL_MAX_SIZE >= 1 and "
+            f"DB_POOL_TIMEOUT > 0 (now {DB_POOL_MIN_SIZE}, {DB_POOL_MAX_SIZE}, {DB_POOL_TIMEOUT})."
+        )
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": DB_POOL_MIN_SIZE,
+        "max_size": DB_POOL_MAX_SIZE,
+        "timeout": DB_POOL_TIMEOUT,
+    }
+    # A pooled connection is checked before it is handed out, so one left dead by a database restart is
+    # replaced instead of failing the request.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web server read while a worker writes streamed tokens.
     DATABASES["default"]["OPTIONS"] = {
@@ -209,13 +239,35 @@ EXPORT_PROCESSES = envint("EXPORT_PROCESSES", min(os.cpu_count() or 1, 4))
 # Conversations read per query round; memory per process grows with it, not with the study.
 EXPORT_CHUNK_CONVERSATIONS = envint("EXPORT_CHUNK_CONVERSATIONS", 400)
 
+# --- Dashboards ---------------------------------------------------------------------------
+# A study dashboard shows stored figures (labeling.DashboardSnapshot); viewing one older than this asks a worker
+# to compute them again.
+DASHBOARD_MAX_AGE_SECONDS = envint("DASHBOARD_MAX_AGE_SECONDS", 60)
+
 # --- Generation ---------------------------------------------------------------------------
 # A streaming turn whose worker has written nothing for this long may be taken over.
 TURN_LEASE_SECONDS = envfloat("TURN_LEASE_SECONDS", 60.0)
+# Dynamic batching (transformers configs): a worker samples up to this many waiting replies of the same model
+# and parameters in one generate call (annotate.generation._riders_claim). 1 turns it off.
+GENERATION_BATCH_SIZE = envint("GENERATION_BATCH_SIZE", 8)
 # A redelivered turn whose worker died this many times is marked failed instead of tried again.
 TURN_MAX_CRASHES = envint("TURN_MAX_CRASHES", 3)
-# How often the SSE view looks for new tokens.
+# Live updates of streaming replies (annotate/live.py): workers publish on this Redis, each web process
+# subscribes once and fans out to its streams. Empty (the embedded SQLite set-up): streams poll the rows.
+_BROKER = os.environ.get("CELERY_BROKER_URL", "")
+_REDIS_BROKER = _BROKER if _BROKER.startswith(("redis://", "rediss://")) else ""
+STREAM_REDIS_URL = os.environ.get("STREAM_REDIS_URL", os.environ.get("REDIS_URL") or _REDIS_BROKER)
+# A worker writes a streaming reply's row (and publishes it) at most this often; the finish always.
+STREAM_WRITE_SECONDS = envfloat("STREAM_WRITE_SECONDS", 0.1)
+# How often a stream without a feed looks for new tokens.
 STREAM_POLL_SECONDS = envfloat("STREAM_POLL_SECONDS", 0.05)
+# A stream with nothing to say sends a comment this often (proxies and browsers keep it open) ...
+STREAM_KEEPALIVE_SECONDS = envfloat("STREAM_KEEPALIVE_SECONDS", 15.0)
+# ... and reads its rows again after this long without news (pub/sub drops what it could not deliver).
+STREAM_RESYNC_SECONDS = envfloat("STREAM_RESYNC_SECONDS", 30.0)
+# The recovery sweep (annotate.services.turns_recover; how often: workers/celery_app.py): how long a reply
+# may wait in the queue (PENDING) before its task is sent again (a lost message; a duplicate is harmless).
+PENDING_REQUEUE_SECONDS = envfloat("PENDING_REQUEUE_SECONDS", 60.0)
 # How long one SSE connection stays open before the browser reconnects.
 STREAM_MAX_SECONDS = envfloat("STREAM_MAX_SECONDS", 600.0)
 # Where converted model weights are cached (GGUF → safetensors: ~75 s → ~5 s per load).

@@ -11,11 +11,15 @@ from __future__ import annotations
 from celery import current_app
 
 
-def task_send(name: str, *args: object) -> None:
-    """Queue task `name` with `args` now (eagerly run where CELERY_TASK_ALWAYS_EAGER is set)."""
+def task_send(name: str, *args: object, queue: str | None = None) -> None:
+    """Queue task `name` with `args` now (eagerly run where CELERY_TASK_ALWAYS_EAGER is set), on `queue` when
+    given (else the route set for `name`)."""
     app = current_app
     if app.conf.task_always_eager:
         app.loader.import_default_modules()
         app.tasks[name].apply(args=args)
         return
-    app.send_task(name, args=args)
+    if queue:
+        app.send_task(name, args=args, queue=queue)
+    else:
+        app.send_task(name, args=args)

@@ -119,7 +119,9 @@ class GoldLabelInlineFormSet(forms.BaseInlineFormSet):
         item = self.instance
         if getattr(item, "study_id", None) is None:
             return
-        allowed = {label.pk for label in selectors.labels_for(item.study) if label.applies_to(Turn.Role.ASSISTANT)}
+        allowed = {
+            label.pk for label in selectors.labels_for(item.study, fresh=True) if label.applies_to(Turn.Role.ASSISTANT)
+        }
         for form in self.forms:
             label = form.cleaned_data.get("label") if form.cleaned_data else None
             if label is not None and not form.cleaned_data.get("DELETE") and label.pk not in allowed:

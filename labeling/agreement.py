@@ -1,4 +1,4 @@
-"""Inter-rater agreement: Krippendorff's alpha, MASI distance, Cohen's kappa. Pure Python, no Django.
+"""Inter-rater agreement: Krippendorff's alpha, MASI distance, Cohen's kappa. Pure Python (and NumPy), no Django.
 
 Data come as *units* (a turn, a comparison, any item coded) mapping to ``{coder: value}``. A coder
 who did not code a unit is simply absent from its mapping, which is how missing data is expressed.
@@ -24,6 +24,8 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, TypeVar
+
+import numpy as np
 
 V = TypeVar("V", bound=Hashable)
 # {unit: {coder: value}}; units and coders are any hashable ids (Mapping is invariant in its keys).
@@ -220,3 +222,249 @@ def majority_agreement(units: Units[V]) -> dict[Any, tuple[int, int]]:
             found[coder][0] += others[value] == top
             found[coder][1] += 1
     return {coder: (agreeing, n) for coder, (agreeing, n) in found.items()}
+
+
+# --- the same figures with NumPy, for studies of any size ----------------------------------------
+#
+# The functions above are the reference: short, and checked against numbers computed by hand. The ones
+# below give the same results (tests/labeling/test_agreement_numpy.py checks them against the reference on
+# random data) in array operations, for the dashboard of a large study: label sets become bit-sets (label →
+# bit position, a set → W uint64 words), MASI distances come from popcounts of ANDed words, and each sum over
+# coder pairs is one gather over index arrays. Nominal alpha needs no pair at all: D_e n (n-1) = n² - Σ n_c².
+
+
+@dataclass(frozen=True)
+class CodedSets:
+    """Units of label sets as arrays: one row per (unit, coder) of the units with two coders or more,
+    the rows of a unit next to each other.
+
+    ``unit``/``coder``/``value`` index units, ``coders`` and the distinct ``sets``; ``bits[v]`` is set ``v``
+    as a bit-set of W uint64 words; ``starts``/``sizes`` give each unit's rows."""
+
+    unit: np.ndarray
+    coder: np.ndarray
+    value: np.ndarray
+    bits: np.ndarray
+    coders: list[Any]
+    sets: list[frozenset[Hashable]]
+    starts: np.ndarray
+    sizes: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.value)
+
+
+def encode_sets(units: Mapping[Any, Mapping[Any, Iterable[Hashable]]]) -> CodedSets:
+    """The units with two coders or more, as arrays (see :class:`CodedSets`)."""
+    coder_index: dict[Any, int] = {}
+    set_index: dict[frozenset[Hashable], int] = {}
+    unit_col: list[int] = []
+    coder_col: list[int] = []
+    value_col: list[int] = []
+    sizes: list[int] = []
+    for coded in units.values():
+        if len(coded) < 2:
+            continue
+        u = len(sizes)
+        sizes.append(len(coded))
+        for coder, labels in coded.items():
+            unit_col.append(u)
+            coder_col.append(coder_index.setdefault(coder, len(coder_index)))
+            value_col.append(set_index.setdefault(frozenset(labels), len(set_index)))
+    bit_of: dict[Hashable, int] = {}
+    for labels in set_index:
+        for label in labels:
+            bit_of.setdefault(label, len(bit_of))
+    words = max(1, -(-len(bit_of) // 64))
+    bits = np.zeros((len(set_index), words), dtype=np.uint64)
+    for labels, v in set_index.items():
+        for label in labels:
+            position = bit_of[label]
+            bits[v, position // 64] |= np.uint64(1) << np.uint64(position % 64)
+    size_array = np.asarray(sizes, dtype=np.int64)
+    return CodedSets(
+        unit=np.asarray(unit_col, dtype=np.int64),
+        coder=np.asarray(coder_col, dtype=np.int64),
+        value=np.asarray(value_col, dtype=np.int64),
+        bits=bits,
+        coders=list(coder_index),
+        sets=list(set_index),
+        starts=np.cumsum(size_array) - size_array,
+        sizes=size_array,
+    )
+
+
+def masi_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """MASI distance between bit-sets, row by row (``first[i]`` against ``second[i]``, shapes (k, W)):
+    the same floating-point operations as :func:`masi_distance`."""
+    common = np.bitwise_count(first & second).sum(axis=-1, dtype=np.int64)
+    size_a = np.bitwise_count(first).sum(axis=-1, dtype=np.int64)
+    size_b = np.bitwise_count(second).sum(axis=-1, dtype=np.int64)
+    union = size_a + size_b - common
+    equal = (common == size_a) & (common == size_b)
+    subset = (common == size_a) | (common == size_b)
+    monotonicity = np.where(subset, 2 / 3, np.where(common > 0, 1 / 3, 0.0))
+    jaccard = common / np.where(union == 0, 1, union)
+    return np.where(equal, 0.0, 1.0 - jaccard * monotonicity)
+
+
+def unit_pairs(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (i, j) of every ordered pair of different rows within a unit, units given by their first
+    row and size: one block of index arithmetic per distinct unit size."""
+    firsts: list[np.ndarray] = []
+    seconds: list[np.ndarray] = []
+    for m in np.unique(sizes):
+        if m < 2:
+            continue
+        a, b = np.nonzero(~np.eye(m, dtype=bool))
+        base = starts[sizes == m][:, None]
+        firsts.append((base + a).ravel())
+        seconds.append((base + b).ravel())
+    if not firsts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def _expected_masi(bits: np.ndarray, counts: np.ndarray, block: int = 1 << 21) -> float:
+    """Σ_c Σ_k n_c n_k δ(c, k) over the distinct sets, a block of rows of the V × V matrix at a time."""
+    total = 0.0
+    v = len(bits)
+    rows = max(1, block // max(v, 1))
+    for start in range(0, v, rows):
+        part = bits[start : start + rows]
+        first = np.repeat(part, v, axis=0)
+        second = np.tile(bits, (len(part), 1))
+        distances = masi_distances(first, second).reshape(len(part), v)
+        total += float((counts[start : start + rows, None] * distances * counts[None, :]).sum())
+    return total
+
+
+def masi_alpha_np(coded: CodedSets) -> float | None:
+    """Krippendorff's alpha with MASI distance: ``krippendorff_alpha(units, masi_distance)``."""
+    n = coded.n
+    if n < 2:
+        return None
+    i, j = unit_pairs(coded.starts, coded.sizes)
+    weights = 1.0 / (coded.sizes[coded.unit[i]] - 1)
+    observed = float((masi_distances(coded.bits[coded.value[i]], coded.bits[coded.value[j]]) * weights).sum()) / n
+    counts = np.bincount(coded.value, minlength=len(coded.bits)).astype(np.float64)
+    expected = _expected_masi(coded.bits, counts) / (n * (n - 1))
+    if expected == 0:
+        return 1.0
+    return 1.0 - observed / expected
+
+
+def coder_similarity_np(coded: CodedSets) -> dict[Any, tuple[float, int]]:
+    """Each coder's mean MASI similarity to the other coders: ``coder_similarity(units, masi_distance)``."""
+    i, j = unit_pairs(coded.starts, coded.sizes)
+    similarity = 1.0 - masi_distances(coded.bits[coded.value[i]], coded.bits[coded.value[j]])
+    c = len(coded.coders)
+    totals = np.bincount(coded.coder[i], weights=similarity, minlength=c)
+    pairs = np.bincount(coded.coder[i], minlength=c)
+    units = np.bincount(coded.coder, minlength=c)
+    return {coder: (float(totals[k] / pairs[k]), int(units[k])) for k, coder in enumerate(coded.coders) if units[k]}
+
+
+def pairwise_kappa_np(coded: CodedSets) -> list[PairKappa]:
+    """Cohen's kappa between every two coders on their shared units, each distinct set a category:
+    ``pairwise_kappa(units)``."""
+    order = sorted(range(len(coded.coders)), key=lambda k: str(coded.coders[k]))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    i, j = unit_pairs(coded.starts, coded.sizes)
+    keep = rank[coded.coder[i]] < rank[coded.coder[j]]  # each unordered pair once, the str-first coder as a
+    i, j = i[keep], j[keep]
+    c, v = len(order), max(len(coded.bits), 1)
+    pair_key = rank[coded.coder[i]] * c + rank[coded.coder[j]]
+    keys, pair_of, n = np.unique(pair_key, return_inverse=True, return_counts=True)
+    va, vb = coded.value[i], coded.value[j]
+    agreeing = np.bincount(pair_of, weights=(va == vb).astype(np.float64), minlength=len(keys))
+    # Σ_c count_a(c) count_b(c) per pair: each coder's marginals, joined on (pair, category).
+    first, count_a = np.unique(pair_of * v + va, return_counts=True)
+    second, count_b = np.unique(pair_of * v + vb, return_counts=True)
+    _, at_a, at_b = np.intersect1d(first, second, assume_unique=True, return_indices=True)
+    chance = np.bincount(first[at_a] // v, weights=count_a[at_a] * count_b[at_b], minlength=len(keys))
+    result = []
+    for k, key in enumerate(keys):
+        total = int(n[k])
+        observed = float(agreeing[k]) / total
+        expected = float(chance[k]) / (total * total)
+        kappa = 1.0 if expected == 1 else (observed - expected) / (1 - expected)
+        a, b = coded.coders[order[key // c]], coded.coders[order[key % c]]
+        result.append(PairKappa(coder_a=a, coder_b=b, kappa=kappa, n=total))
+    return sorted(result, key=lambda p: (str(p.coder_a), str(p.coder_b)))
+
+
+def nominal_alpha_np(units: Units[V]) -> float | None:
+    """Krippendorff's alpha for nominal values: ``krippendorff_alpha(units)``, with no pair of values formed:
+    ``D_o n = Σ_u (m_u² - Σ_c n_uc²) / (m_u - 1)`` and ``D_e n (n - 1) = n² - Σ_c n_c²``."""
+    codes: dict[Hashable, int] = {}
+    unit_col: list[int] = []
+    value_col: list[int] = []
+    u = 0
+    for coded in units.values():
+        if len(coded) < 2:
+            continue
+        for value in coded.values():
+            unit_col.append(u)
+            value_col.append(codes.setdefault(value, len(codes)))
+        u += 1
+    n = len(value_col)
+    if n < 2:
+        return None
+    unit_of, value_of = np.asarray(unit_col, dtype=np.int64), np.asarray(value_col, dtype=np.int64)
+    sizes = np.bincount(unit_of).astype(np.float64)
+    _, first_rows, within = np.unique(unit_of * len(codes) + value_of, return_index=True, return_counts=True)
+    same = np.bincount(unit_of[first_rows], weights=within.astype(np.float64) ** 2, minlength=len(sizes))
+    observed = float(((sizes**2 - same) / (sizes - 1)).sum()) / n
+    totals = np.bincount(value_of).astype(np.float64)
+    expected = float(n * n - (totals**2).sum()) / (n * (n - 1))
+    if expected == 0:
+        return 1.0
+    return 1.0 - observed / expected
+
+
+@dataclass(frozen=True)
+class BinaryAlpha:
+    """One label's present/absent alpha over the units it applies to (``units``), ``positive`` of them with
+    at least one coder using it."""
+
+    alpha: float | None
+    units: int
+    positive: int
+
+
+def binary_alphas_np(
+    *, sizes: np.ndarray, groups: np.ndarray, applies: np.ndarray, used_unit: np.ndarray, used_label: np.ndarray
+) -> list[BinaryAlpha]:
+    """Per label, Krippendorff's alpha of present (1) / absent (0) per unit and coder, all labels at once.
+
+    ``sizes[u]``: unit u's coders (≥ 2); ``groups[u]``: its group (a role), ``applies[g, l]``: whether label
+    l counts on the units of group g (a unit where nobody used l counts only then); ``used_unit[x]``,
+    ``used_label[x]``: one entry per (unit, coder, label) used. Binary data needs no coincidence matrix: with
+    k of a unit's m coders using the label, ``o[0,1] = k (m - k) / (m - 1)``, ``n_1 = Σ k``, so
+    ``D_o n = 2 Σ o[0,1]`` and ``D_e n (n - 1) = 2 n_0 n_1``."""
+    labels = applies.shape[1]
+    if labels == 0:
+        return []
+    key, ones = np.unique(used_unit * labels + used_label, return_counts=True)
+    unit, label = key // labels, key % labels
+    m = sizes[unit].astype(np.float64)
+    cross = np.bincount(label, weights=ones * (m - ones) / (m - 1), minlength=labels)
+    n_1 = np.bincount(label, weights=ones.astype(np.float64), minlength=labels)
+    positive = np.bincount(label, minlength=labels)
+    group_values = np.bincount(groups, weights=sizes.astype(np.float64), minlength=applies.shape[0])
+    group_units = np.bincount(groups, minlength=applies.shape[0])
+    n = group_values @ applies.astype(np.float64)
+    units = group_units @ applies.astype(np.int64)
+    results = []
+    for k in range(labels):
+        if n[k] < 2:
+            results.append(BinaryAlpha(None, int(units[k]), int(positive[k])))
+            continue
+        n_0 = n[k] - n_1[k]
+        expected = 2 * n_0 * n_1[k] / (n[k] * (n[k] - 1))
+        alpha = 1.0 if expected == 0 else 1.0 - (2 * cross[k] / n[k]) / expected
+        results.append(BinaryAlpha(float(alpha), int(units[k]), int(positive[k])))
+    return results

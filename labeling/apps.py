@@ -8,8 +8,15 @@ class LabelingConfig(AppConfig):
     verbose_name = "Labeling"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
         from annotate import signals
-        from labeling import receivers
+        from labeling import receivers, selectors
+        from labeling.models import Label, Taxonomy
+
+        for model in (Label, Taxonomy):
+            for changed in (post_save, post_delete):
+                changed.connect(selectors.labels_forget, sender=model, dispatch_uid=f"labeling.forget.{model.__name__}")
 
         signals.vote_requested.connect(receivers.refuse_untagged_vote, dispatch_uid="labeling.untagged_vote")
         signals.turn_finished.connect(receivers.suggest_on_finished_reply, dispatch_uid="labeling.suggest")

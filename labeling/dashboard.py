@@ -48,16 +48,18 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
+import numpy as np
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Exists, IntegerField, Model, OuterRef, Q, QuerySet, Subquery
+from django.db import connections
+from django.db.models import Case, Count, Exists, IntegerField, Model, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 
 from annotate.models import Comparison, Conversation, Participant, Study, Turn
 from labeling import agreement
-from labeling.models import GoldAnswer, Label, ReviewAssignment, Tag
+from labeling.models import DashboardSnapshot, GoldAnswer, Label, ReviewAssignment, Tag
 from labeling.selectors import labels_for
 
 CONFIRMED = Q(status=Tag.Status.CONFIRMED)
@@ -160,43 +162,116 @@ class StudyDashboard:
     include_excluded: bool = False
 
 
-def study_dashboard(*, study: Study, include_excluded: bool = False) -> StudyDashboard:
-    """Every figure of the dashboard page, in a dozen queries whatever the size of the study.
+def study_dashboard(*, study: Study, include_excluded: bool = False, reference: bool = False) -> StudyDashboard:
+    """Every figure of the dashboard page, freshly computed, in a dozen queries whatever the size of the study.
 
-    Excluded raters' work is left out unless `include_excluded` (see the module notes)."""
+    Excluded raters' work is left out unless `include_excluded` (see the module notes). The agreement maths run
+    on NumPy arrays (`agreement.*_np`); `reference` runs the pure-Python reference functions instead (the same
+    figures to 1e-9, slower: tests and bench/dashboard.py compare the two). The page reads a stored snapshot of
+    this (`dashboard_to_json`, `labeling.services.dashboard_refresh`), not this function."""
     members = _members(study)
     excluded_all = _excluded(members)
     excluded = set() if include_excluded else excluded_all
     labels = labels_for(study)
-    coded, roles = _coded_turns(study, excluded)
-    overlap = {turn_id: coders for turn_id, coders in coded.items() if len(coders) >= 2}
-    set_units = {turn_id: {r: frozenset(s) for r, s in coders.items()} for turn_id, coders in overlap.items()}
-    label_counts, rater_tags = _tag_counts(study, excluded)
     vote_units = _vote_units(study, excluded)
-    agreement_by_rater = _Agreement(
-        votes=agreement.majority_agreement(vote_units),
-        tags=agreement.coder_similarity(set_units, agreement.masi_distance),
-    )
+    grounded: set[int] | None = None
+    if reference:
+        label_counts, rater_tags = _tag_counts(study, excluded)
+        coded, roles = _coded_turns(study, excluded)
+        overlap = {turn_id: coders for turn_id, coders in coded.items() if len(coders) >= 2}
+        set_units = {turn_id: {r: frozenset(s) for r, s in coders.items()} for turn_id, coders in overlap.items()}
+        coded_turns = len(overlap)
+        masi_alpha = agreement.krippendorff_alpha(set_units, agreement.masi_distance)
+        kappas = agreement.pairwise_kappa(set_units)
+        similarity = agreement.coder_similarity(set_units, agreement.masi_distance)
+        label_figures = _label_figures(labels, label_counts, overlap, roles)
+        vote_alpha = agreement.krippendorff_alpha(vote_units)
+    else:
+        confirmed, label_counts, rater_tags, grounded = _tag_scan(study, excluded)
+        sets, unit_roles = _coded_sets(study, excluded, confirmed)
+        coded_turns = len(sets.sizes)
+        masi_alpha = agreement.masi_alpha_np(sets)
+        kappas = agreement.pairwise_kappa_np(sets)
+        similarity = agreement.coder_similarity_np(sets)
+        label_figures = _label_figures_np(labels, label_counts, sets, unit_roles)
+        vote_alpha = agreement.nominal_alpha_np(vote_units)
+    agreement_by_rater = _Agreement(votes=agreement.majority_agreement(vote_units), tags=similarity)
     raters = _raters(study, rater_tags, excluded, agreement_by_rater, members)
     names = {rater_id: figures.username for rater_id, figures in raters.items()}
-    model_rates, baseline = _grounding_rates(study, excluded)
+    model_rates, baseline = _grounding_rates(study, excluded, grounded)
     return StudyDashboard(
         study=study,
         conversations=sum(r.conversations for r in raters.values()),
-        coded_turns=len(overlap),
-        masi_alpha=agreement.krippendorff_alpha(set_units, agreement.masi_distance),
-        labels=_label_figures(labels, label_counts, overlap, roles),
+        coded_turns=coded_turns,
+        masi_alpha=masi_alpha,
+        labels=label_figures,
         pairs=[
-            PairFigures(rater_a=names[p.coder_a], rater_b=names[p.coder_b], kappa=p.kappa, turns=p.n)
-            for p in agreement.pairwise_kappa(set_units)
+            PairFigures(rater_a=names[p.coder_a], rater_b=names[p.coder_b], kappa=p.kappa, turns=p.n) for p in kappas
         ],
-        votes=_vote_figures(vote_units),
+        votes=_vote_figures(vote_units, vote_alpha),
         raters=sorted(raters.values(), key=lambda r: r.username),
         model_rates=model_rates,
         user_baseline=baseline,
         excluded_raters=len(excluded_all),
         include_excluded=include_excluded,
     )
+
+
+# --- snapshots: the figures as JSON ----------------------------------------------------------------
+
+SNAPSHOT_VERSION = 1  # a snapshot of another version is not read (the page computes or waits for a new one)
+
+
+def dashboard_to_json(figures: StudyDashboard) -> dict[str, Any]:
+    """The figures as JSON-ready data (labels by id, the study left out): `dashboard_from_json` reads it back."""
+    data: dict[str, Any] = {
+        f.name: getattr(figures, f.name) for f in fields(figures) if f.name not in ("study", "labels", "pairs")
+    }
+    data |= {
+        "version": SNAPSHOT_VERSION,
+        "labels": [
+            {f.name: getattr(row, f.name) for f in fields(row) if f.name != "label"} | {"label_id": row.label.pk}
+            for row in figures.labels
+        ],
+        "pairs": [asdict(pair) for pair in figures.pairs],
+        "votes": asdict(figures.votes),
+        "raters": [asdict(rater) for rater in figures.raters],
+        "model_rates": [asdict(rate) for rate in figures.model_rates],
+        "user_baseline": asdict(figures.user_baseline),
+    }
+    return data
+
+
+def dashboard_from_json(data: dict[str, Any], study: Study) -> StudyDashboard | None:
+    """The figures `dashboard_to_json` wrote, equal to the computation they came from (one query: the labels);
+    None for a snapshot of another version. A label deleted since is left out."""
+    if data.get("version") != SNAPSHOT_VERSION:
+        return None
+    rows = data["labels"]
+    labels = Label.objects.select_related("taxonomy").in_bulk([row["label_id"] for row in rows])
+    return StudyDashboard(
+        study=study,
+        conversations=data["conversations"],
+        coded_turns=data["coded_turns"],
+        masi_alpha=data["masi_alpha"],
+        labels=[
+            LabelFigures(label=labels[row["label_id"]], **{k: v for k, v in row.items() if k != "label_id"})
+            for row in rows
+            if row["label_id"] in labels
+        ],
+        pairs=[PairFigures(**pair) for pair in data["pairs"]],
+        votes=VoteFigures(**data["votes"]),
+        raters=[RaterFigures(**rater) for rater in data["raters"]],
+        model_rates=[GroundingRate(**rate) for rate in data["model_rates"]],
+        user_baseline=GroundingRate(**data["user_baseline"]),
+        excluded_raters=data["excluded_raters"],
+        include_excluded=data["include_excluded"],
+    )
+
+
+def dashboard_snapshot(study: Study, include_excluded: bool) -> DashboardSnapshot | None:
+    """The study's stored snapshot row (with or without figures yet), one query."""
+    return DashboardSnapshot.objects.filter(study=study, include_excluded=include_excluded).first()
 
 
 def _without(qs: QuerySet[_M], excluded: set[int], *paths: str) -> QuerySet[_M]:
@@ -255,6 +330,135 @@ def _coded_turns(study: Study, excluded: set[int]) -> tuple[dict[int, dict[int, 
     return coded, roles
 
 
+def _int_rows(qs: QuerySet[Any, Any], width: int) -> np.ndarray:
+    """A values_list of integers as an (n, width) array, read through the cursor: no row objects, no converters
+    (hundreds of thousands of rows in a fraction of the time the queryset's iteration takes)."""
+    sql, params = qs.query.get_compiler(using=qs.db).as_sql()
+    with connections[qs.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return np.array(rows, dtype=np.int64).reshape(len(rows), width)
+
+
+def _flag(condition: Q) -> Case:
+    return Case(When(condition, then=Value(1)), default=Value(0), output_field=IntegerField())
+
+
+# Bits of a tag's `flags` in `_tag_scan`: what the figures ask of it, computed by PostgreSQL.
+_CONFIRMED, _LIVE, _SUGGESTION, _REJECTED, _PENDING, _GROUNDING, _USER_TURN = (1 << k for k in range(7))
+
+
+def _tag_scan(study: Study, excluded: set[int]) -> tuple[np.ndarray, dict[int, Counter[str]], Counter[int], set[int]]:
+    """One scan of the tags that count (`_tags`) for every figure that reads them: the confirmed tags as rows
+    (turn, 1 on a user turn, rater, label), `_tag_counts`' counts by label and by rater, and the turns with a
+    confirmed grounding-act tag (for `_grounding_rates`)."""
+    flags = (
+        _flag(CONFIRMED) * _CONFIRMED
+        + _flag(Q(task=Tag.Task.LIVE)) * _LIVE
+        + _flag(SUGGESTION) * _SUGGESTION
+        + _flag(Q(status=Tag.Status.REJECTED)) * _REJECTED
+        + _flag(Q(status=Tag.Status.SUGGESTED)) * _PENDING
+        + _flag(Q(label__kind=Label.Kind.GROUNDING)) * _GROUNDING
+        + _flag(Q(turn__role=Turn.Role.USER)) * _USER_TURN
+    )
+    rows = _int_rows(
+        _tags(study, excluded).order_by().annotate(flags=flags).values_list("turn_id", "rater_id", "label_id", "flags"),
+        4,
+    )
+    turn, rater, label, flag = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
+
+    def has(bit: int) -> np.ndarray:
+        return (flag & bit) != 0
+
+    confirmed, suggestion = has(_CONFIRMED), has(_SUGGESTION)
+    by_label: dict[int, Counter[str]] = defaultdict(Counter)
+    label_ids, label_of = np.unique(label, return_inverse=True)
+    columns = {
+        "confirmed": confirmed,
+        "live": confirmed & has(_LIVE),
+        "review": confirmed & ~has(_LIVE),
+        "accepted": suggestion & confirmed,
+        "rejected": suggestion & has(_REJECTED),
+        "pending": suggestion & has(_PENDING),
+    }
+    for name, selected in columns.items():
+        totals = np.bincount(label_of.ravel(), weights=selected, minlength=len(label_ids))
+        for label_id, total in zip(label_ids.tolist(), totals.tolist(), strict=True):
+            by_label[label_id][name] += int(total)
+    rater_ids, rater_of = np.unique(rater, return_inverse=True)
+    per_rater = np.bincount(rater_of.ravel(), weights=confirmed, minlength=len(rater_ids))
+    by_rater = Counter({r: int(n) for r, n in zip(rater_ids.tolist(), per_rater.tolist(), strict=True)})
+    grounded = set(np.unique(turn[confirmed & has(_GROUNDING)]).tolist())
+    kept = rows[confirmed]
+    is_user = (kept[:, 3] & _USER_TURN != 0).astype(np.int64)
+    return np.column_stack((kept[:, 0], is_user, kept[:, 1], kept[:, 2])), by_label, by_rater, grounded
+
+
+def _coded_sets(study: Study, excluded: set[int], tags: np.ndarray) -> tuple[agreement.CodedSets, list[str]]:
+    """`_coded_turns` as arrays, for the turns coded by two raters or more (`agreement.CodedSets`, units in turn
+    order; each rater's label set a bit-set, OR-reduced in NumPy), and their roles. `tags`: the confirmed tags
+    from `_tag_scan`."""
+    reply = Q(role=Turn.Role.ASSISTANT, status=Turn.Status.DONE, is_attention_check=False)
+    if not study.review_all_branches:
+        lived = Comparison.objects.filter(conversation__study=study, task=Comparison.Task.LIVE)
+        reply &= Q(pk__in=lived.values("continued_from_id"))
+    covered = _int_rows(
+        _without(Turn.objects.filter(conversation__study=study, conversation__reviews__status__in=COVERING), excluded,
+                 "conversation__rater_id")
+        .filter(Q(role=Turn.Role.USER) | reply)
+        .order_by()
+        .annotate(is_user=_flag(Q(role=Turn.Role.USER)))
+        .values_list("pk", "is_user", "conversation__reviews__rater_id"),
+        3,
+    )  # fmt: skip
+    if excluded:
+        covered = covered[~np.isin(covered[:, 2], list(excluded))]
+    # One entry per (turn, rater, label); a covering rater's entry has no label (-1): "no label" unless tagged.
+    turn = np.concatenate((covered[:, 0], tags[:, 0]))
+    is_user = np.concatenate((covered[:, 1], tags[:, 1]))
+    rater = np.concatenate((covered[:, 2], tags[:, 2]))
+    label = np.concatenate((np.full(len(covered), -1, dtype=np.int64), tags[:, 3]))
+    label_ids, position = np.unique(tags[:, 3], return_inverse=True)
+    words = max(1, -(-len(label_ids) // 64))
+    bits = np.zeros((len(turn), words), dtype=np.uint64)
+    tagged = np.flatnonzero(label >= 0)
+    position = position.ravel()
+    bits[tagged, position // 64] = np.left_shift(np.uint64(1), (position % 64).astype(np.uint64))
+    # Each (turn, rater) once, its bits OR-ed together; sorted by turn, so a turn's coders are adjacent.
+    rater_ids, rater_index = np.unique(rater, return_inverse=True)
+    key = turn * max(len(rater_ids), 1) + rater_index.ravel()
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    firsts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))) if len(key) else key
+    pair_bits = np.bitwise_or.reduceat(bits[order], firsts, axis=0) if len(key) else bits
+    pair_turn, pair_rater = key[firsts] // max(len(rater_ids), 1), rater_ids[key[firsts] % max(len(rater_ids), 1)]
+    pair_user = is_user[order][firsts]
+    # Units: the turns with two coders or more.
+    turn_firsts = np.flatnonzero(np.concatenate(([True], pair_turn[1:] != pair_turn[:-1]))) if len(firsts) else firsts
+    turn_sizes = np.diff(np.concatenate((turn_firsts, [len(pair_turn)])))
+    keep = np.repeat(turn_sizes >= 2, turn_sizes)
+    sizes = turn_sizes[turn_sizes >= 2].astype(np.int64)
+    starts = np.cumsum(sizes) - sizes
+    pair_bits, pair_rater, pair_user = pair_bits[keep], pair_rater[keep], pair_user[keep]
+    distinct, value = np.unique(pair_bits, axis=0, return_inverse=True)
+    coders, coder = np.unique(pair_rater, return_inverse=True)
+    shifts = np.arange(64, dtype=np.uint64)
+    members = ((distinct[:, :, None] >> shifts) & np.uint64(1)).reshape(len(distinct), words * 64).astype(bool)
+    sets = [frozenset(label_ids[np.flatnonzero(row)].tolist()) for row in members]
+    coded = agreement.CodedSets(
+        unit=np.repeat(np.arange(len(sizes), dtype=np.int64), sizes),
+        coder=coder.ravel().astype(np.int64),
+        value=value.ravel().astype(np.int64),
+        bits=distinct.reshape(len(distinct), words),
+        coders=coders.tolist(),
+        sets=sets,
+        starts=starts,
+        sizes=sizes,
+    )
+    roles: list[str] = [Turn.Role.USER if flag else Turn.Role.ASSISTANT for flag in pair_user[starts].tolist()]
+    return coded, roles
+
+
 def _tag_counts(study: Study, excluded: set[int]) -> tuple[dict[int, Counter[str]], Counter[int]]:
     """Tag counts by label (confirmed, live, review, suggestions by outcome) and confirmed tags by rater."""
     rows = (
@@ -309,22 +513,64 @@ def _label_figures(
             units[m] -= n  # the rest of the turns with m coders: nobody used the label
         for m, n in units.items():
             patterns[(0,) * m] += n
-        row = counts.get(label.pk, Counter())
         figures.append(
-            LabelFigures(
-                label=label,
-                confirmed=row["confirmed"],
-                live=row["live"],
-                review=row["review"],
+            _label_row(
+                label,
+                counts.get(label.pk, Counter()),
                 alpha=agreement.alpha_from_patterns(patterns),
-                alpha_turns=sum(patterns.values()),
-                alpha_positive=sum(with_label[label.pk].values()),
-                accepted=row["accepted"],
-                rejected=row["rejected"],
-                pending=row["pending"],
+                turns=sum(patterns.values()),
+                positive=sum(with_label[label.pk].values()),
             )
         )
     return figures
+
+
+def _label_row(label: Label, row: Counter[str], *, alpha: float | None, turns: int, positive: int) -> LabelFigures:
+    """One label's figures: its tag counts (`row`) and its agreement."""
+    return LabelFigures(
+        label=label,
+        confirmed=row["confirmed"],
+        live=row["live"],
+        review=row["review"],
+        alpha=alpha,
+        alpha_turns=turns,
+        alpha_positive=positive,
+        accepted=row["accepted"],
+        rejected=row["rejected"],
+        pending=row["pending"],
+    )
+
+
+def _label_figures_np(
+    labels: list[Label], counts: dict[int, Counter[str]], sets: agreement.CodedSets, roles: list[str]
+) -> list[LabelFigures]:
+    """`_label_figures` over the encoded label sets (`roles[u]`: the role of unit u), every label at once."""
+    position = {label.pk: k for k, label in enumerate(labels)}
+    in_set = [[position[label_id] for label_id in labels_used if label_id in position] for labels_used in sets.sets]
+    lengths = np.array([len(found) for found in in_set], dtype=np.int64)
+    flat = np.array([k for found in in_set for k in found], dtype=np.int64)
+    # Each row (unit, coder) expanded to one entry per label in its set.
+    per_row = lengths[sets.value] if len(lengths) else np.zeros(0, dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    firsts = np.repeat(offsets[sets.value] if len(lengths) else per_row, per_row)
+    within = np.arange(per_row.sum()) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    role_names: list[str] = [Turn.Role.USER, Turn.Role.ASSISTANT]
+    group_of = {role: g for g, role in enumerate(role_names)}
+    alphas = agreement.binary_alphas_np(
+        sizes=sets.sizes,
+        groups=np.array([group_of[role] for role in roles], dtype=np.int64),
+        applies=np.array([[label.applies_to(role) for label in labels] for role in role_names], dtype=bool).reshape(
+            len(role_names), len(labels)
+        ),
+        used_unit=np.repeat(sets.unit, per_row),
+        used_label=flat[firsts + within] if len(flat) else np.zeros(0, dtype=np.int64),
+    )
+    return [
+        _label_row(
+            label, counts.get(label.pk, Counter()), alpha=found.alpha, turns=found.units, positive=found.positive
+        )
+        for label, found in zip(labels, alphas, strict=True)
+    ]
 
 
 def _comparisons(study: Study, excluded: set[int]) -> QuerySet[Comparison]:
@@ -347,9 +593,9 @@ def _vote_units(study: Study, excluded: set[int]) -> dict[int, dict[int, int | s
     return units
 
 
-def _vote_figures(units: dict[int, dict[int, int | str]]) -> VoteFigures:
+def _vote_figures(units: dict[int, dict[int, int | str]], alpha: float | None) -> VoteFigures:
     unanimous = sum(len(set(votes.values())) == 1 for votes in units.values())
-    return VoteFigures(comparisons=len(units), alpha=agreement.krippendorff_alpha(units), unanimous=unanimous)
+    return VoteFigures(comparisons=len(units), alpha=alpha, unanimous=unanimous)
 
 
 @dataclass(frozen=True)
@@ -457,24 +703,27 @@ def rater_figures(*, study: Study, rater_id: int) -> RaterFigures | None:
     members = _members(study)
     excluded = _excluded(members) - {rater_id}
     coded, _ = _coded_turns(study, excluded)
-    set_units = {t: {r: frozenset(s) for r, s in coders.items()} for t, coders in coded.items() if len(coders) >= 2}
     _, tags = _tag_counts(study, excluded)
     agreed = _Agreement(
         votes=agreement.majority_agreement(_vote_units(study, excluded)),
-        tags=agreement.coder_similarity(set_units, agreement.masi_distance),
+        tags=agreement.coder_similarity_np(agreement.encode_sets(coded)),
     )
     return _raters(study, tags, excluded, agreed, members).get(rater_id)
 
 
-def _grounding_rates(study: Study, excluded: set[int]) -> tuple[list[GroundingRate], GroundingRate]:
+def _grounding_rates(
+    study: Study, excluded: set[int], grounded: set[int] | None = None
+) -> tuple[list[GroundingRate], GroundingRate]:
     # Two flat scans counted here: PostgreSQL ran COUNT(...) FILTER (WHERE id IN (subquery)) as
-    # 3.5 s on a 2,000-conversation study; the grounded turn ids fit in a set.
-    grounded = set(
-        _tags(study, excluded)
-        .filter(CONFIRMED, label__kind=Label.Kind.GROUNDING)
-        .order_by()
-        .values_list("turn_id", flat=True)
-    )
+    # 3.5 s on a 2,000-conversation study; the grounded turn ids fit in a set (`_coded_sets` passes them in
+    # from its own scan of the tags).
+    if grounded is None:
+        grounded = set(
+            _tags(study, excluded)
+            .filter(CONFIRMED, label__kind=Label.Kind.GROUNDING)
+            .order_by()
+            .values_list("turn_id", flat=True)
+        )
     counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     turns = (
         _without(

@@ -190,3 +190,23 @@ class GoldAnswer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rater} on {self.item}: {'passed' if self.passed else 'failed'}"
+
+
+class DashboardSnapshot(models.Model):
+    """A study's dashboard figures as computed by `labeling.tasks.dashboard_refresh_task`, one row per (study,
+    whether excluded raters count). The page renders from `data` (`labeling.dashboard.dashboard_from_json`), so
+    its cost does not grow with the study; `refresh_requested_at` dedupes refresh requests (a conditional UPDATE)."""
+
+    study = models.ForeignKey("annotate.Study", on_delete=models.CASCADE, related_name="dashboard_snapshots")
+    include_excluded = models.BooleanField(default=False)
+    computed_at = models.DateTimeField(null=True, blank=True, help_text="When the reads of the figures began.")
+    refresh_requested_at = models.DateTimeField(null=True, blank=True)
+    data = models.JSONField(null=True, blank=True, help_text="The figures (None: requested, not computed yet).")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["study", "include_excluded"], name="dashboardsnapshot_once_per_study")
+        ]
+
+    def __str__(self) -> str:
+        return f"Dashboard of study {self.study_id}{' (excluded raters included)' if self.include_excluded else ''}"

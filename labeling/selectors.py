@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from django.contrib.auth.models import User
+from django.core.cache import cache
 from django.db.models import Count, Q, QuerySet
 
 from annotate import tree
@@ -24,13 +25,35 @@ def taxonomy_for(study: Study) -> Taxonomy | None:
     return Taxonomy.objects.filter(slug=DEFAULT_TAXONOMY_SLUG).first()
 
 
-def labels_for(study: Study) -> list[Label]:
-    """The labels of the study's taxonomy (`taxonomy_for`), in one query."""
-    if study.taxonomy_id is not None:
-        labels = Label.objects.filter(taxonomy_id=study.taxonomy_id)
-    else:
-        labels = Label.objects.filter(taxonomy__slug=DEFAULT_TAXONOMY_SLUG)
-    return list(labels.select_related("taxonomy").order_by("order", "name"))
+# Every session and review answer shows the labels: they are kept in Django's cache, per taxonomy, for this
+# long, and forgotten when a label or taxonomy is saved or deleted (`labels_forget`, connected in apps.py).
+# With a per-process cache (locmem) another web process may show an admin's edit up to this late.
+LABELS_CACHE_SECONDS = 60
+
+
+def _labels_key(taxonomy_id: int | None) -> str:
+    return f"labels:{taxonomy_id if taxonomy_id is not None else DEFAULT_TAXONOMY_SLUG}"
+
+
+def labels_for(study: Study, *, fresh: bool = False) -> list[Label]:
+    """The labels of the study's taxonomy (`taxonomy_for`): one query, then from the cache; `fresh` reads the
+    database (writes check against it: a label deleted a moment ago must not be stored)."""
+    key = _labels_key(study.taxonomy_id)
+    labels: list[Label] | None = None if fresh else cache.get(key)
+    if labels is None:
+        if study.taxonomy_id is not None:
+            rows = Label.objects.filter(taxonomy_id=study.taxonomy_id)
+        else:
+            rows = Label.objects.filter(taxonomy__slug=DEFAULT_TAXONOMY_SLUG)
+        labels = list(rows.select_related("taxonomy").order_by("order", "name"))
+        cache.set(key, labels, LABELS_CACHE_SECONDS)
+    return labels
+
+
+def labels_forget(*, instance: Label | Taxonomy, **_: object) -> None:
+    """Forget the cached labels of the taxonomy a label or taxonomy belongs to (and the default's)."""
+    taxonomy_id = instance.taxonomy_id if isinstance(instance, Label) else instance.pk
+    cache.delete_many([_labels_key(taxonomy_id), _labels_key(None)])
 
 
 def tags_by_turn(*, turn_ids: Iterable[int], rater: User, task: str) -> dict[int, list[Tag]]:

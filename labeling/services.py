@@ -549,7 +549,7 @@ def gold_score(given: Iterable[int], expected: Iterable[int]) -> tuple[float, bo
 
 def _gold_labels(study: Study, label_ids: Iterable[int | str]) -> list[Label]:
     """The labels a rater gave a gold reply: ids of the study's labels that apply to replies."""
-    allowed = {label.pk: label for label in labels_for(study) if label.applies_to(Turn.Role.ASSISTANT)}
+    allowed = {label.pk: label for label in labels_for(study, fresh=True) if label.applies_to(Turn.Role.ASSISTANT)}
     found: dict[int, Label] = {}
     for value in label_ids:
         if isinstance(value, str) and not is_id(value):
@@ -719,7 +719,7 @@ def gold_items_import(*, study: Study, rows: list[Any]) -> tuple[int, int]:
     re-imports update. Everything is checked before anything is written. Returns (created, updated)."""
     if len(rows) > MAX_GOLD_ITEMS:
         raise ActionRefused(f"A gold file has at most {MAX_GOLD_ITEMS} items; this one has {len(rows)}.")
-    labels = {label.name: label for label in labels_for(study) if label.applies_to(Turn.Role.ASSISTANT)}
+    labels = {label.name: label for label in labels_for(study, fresh=True) if label.applies_to(Turn.Role.ASSISTANT)}
     parsed = [_gold_row(number, raw, labels) for number, raw in enumerate(rows, start=1)]
     ids = [external_id for external_id, _, _ in parsed if external_id]
     if len(ids) != len(set(ids)):
@@ -737,3 +737,57 @@ def gold_items_import(*, study: Study, rows: list[Any]) -> tuple[int, int]:
             created += was_created
             updated += not was_created
     return created, updated
+
+
+# --- dashboard snapshots ---------------------------------------------------------------------------
+# The dashboard page renders a stored snapshot of the figures (labeling.dashboard); a Celery task computes it.
+# This section's imports stay with it (the top of the module is another change's).
+
+from django.db.models import F  # noqa: E402
+
+from core.tasks import task_send  # noqa: E402
+from labeling.dashboard import dashboard_to_json, study_dashboard  # noqa: E402
+from labeling.models import DashboardSnapshot  # noqa: E402
+
+DASHBOARD_REFRESH_TASK = "labeling.tasks.dashboard_refresh_task"
+DASHBOARD_REFRESH_DEDUPE = timedelta(seconds=5)  # requests closer than this send one task
+DASHBOARD_REFRESH_LOST = timedelta(minutes=5)  # a request not served by then is sent again (a lost task)
+
+
+def dashboard_refresh(*, study_id: int, include_excluded: bool) -> DashboardSnapshot | None:
+    """Compute the study's dashboard figures and store them as its snapshot; None if the study is gone.
+
+    `computed_at` is when the reads began; a computation that began before the stored one does not
+    overwrite it (two refreshes running at once leave the newer figures)."""
+    study = Study.objects.filter(pk=study_id).first()
+    if study is None:
+        return None
+    started = timezone.now()
+    data = dashboard_to_json(study_dashboard(study=study, include_excluded=include_excluded))
+    DashboardSnapshot.objects.get_or_create(study=study, include_excluded=include_excluded)
+    DashboardSnapshot.objects.filter(study=study, include_excluded=include_excluded).filter(
+        Q(computed_at__isnull=True) | Q(computed_at__lt=started)
+    ).update(computed_at=started, data=data)
+    return DashboardSnapshot.objects.get(study=study, include_excluded=include_excluded)
+
+
+def dashboard_refresh_request(*, study: Study, include_excluded: bool, now: datetime | None = None) -> bool:
+    """Ask the worker for fresh figures (`dashboard_refresh_task`, sent after commit). A request is claimed by
+    a conditional UPDATE: none is sent within DASHBOARD_REFRESH_DEDUPE of the last one, nor while the last one
+    is still unserved (no computation began after it) unless it is older than DASHBOARD_REFRESH_LOST. True
+    when a task was sent."""
+    now = now or timezone.now()
+    DashboardSnapshot.objects.get_or_create(study=study, include_excluded=include_excluded)
+    served = Q(computed_at__isnull=False, computed_at__gte=F("refresh_requested_at"))
+    claimed = (
+        DashboardSnapshot.objects.filter(study=study, include_excluded=include_excluded)
+        .filter(
+            Q(refresh_requested_at__isnull=True)
+            | Q(refresh_requested_at__lt=now - DASHBOARD_REFRESH_LOST)
+            | (served & Q(refresh_requested_at__lt=now - DASHBOARD_REFRESH_DEDUPE))
+        )
+        .update(refresh_requested_at=now)
+    )
+    if claimed:
+        transaction.on_commit(lambda: task_send(DASHBOARD_REFRESH_TASK, study.pk, include_excluded))
+    return bool(claimed)

@@ -19,3 +19,10 @@ def expire_reviews_task() -> int:
     """Expire the review assignments left open past their study's timeout (`services.reviews_expire`); run
     every minute by beat (`workers.celery_app.BEAT_SCHEDULE`)."""
     return services.reviews_expire()
+
+
+@shared_task(name="labeling.tasks.dashboard_refresh_task")
+def dashboard_refresh_task(study_id: int, include_excluded: bool) -> bool:
+    """Compute a study's dashboard figures and store them (`services.dashboard_refresh`); sent by
+    `services.dashboard_refresh_request`, routed to the `suggestions` queue. False if the study is gone."""
+    return services.dashboard_refresh(study_id=study_id, include_excluded=include_excluded) is not None

@@ -16,5 +16,6 @@ urlpatterns = [
     path("review/<int:pk>/done/", review.review_done, name="review_done"),
     path("review/<int:pk>/vote/", review.review_vote, name="review_vote"),
     path("studies/<slug:slug>/dashboard/", dashboard.study_dashboard, name="dashboard"),
+    path("studies/<slug:slug>/dashboard/refresh/", dashboard.dashboard_refresh, name="dashboard_refresh"),
     path("studies/<slug:slug>/qualify/", qualify.qualify, name="qualify"),
 ]

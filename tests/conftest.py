@@ -25,6 +25,14 @@ from workers.models import ModelConfig
 
 
 @pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    """Each test starts with an empty cache: a rolled-back test leaves cached rows (labels) that are gone."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _default_taxonomy(request: pytest.FixtureRequest) -> None:
     """Put back the default taxonomy (a data migration creates it) after a transactional test
     flushed every table; pages only read it."""
@@ -170,9 +178,18 @@ def start_worker(
     app.amqp._producer_pool = None
     started: list[ChildProcess] = []
 
-    def start(concurrency: int = 1, preload: str = "", ready_timeout: float = 300, **env: str) -> ChildProcess:
+    def start(
+        concurrency: int = 1,
+        preload: str = "",
+        ready_timeout: float = 300,
+        pool: str = "",
+        queues: tuple[str, ...] | None = None,
+        **env: str,
+    ) -> ChildProcess:
         name = f"test{len(started)}-{uuid.uuid4().hex[:4]}@%h"
-        argv = [*worker_argv(concurrency=concurrency, name=name), "--without-mingle", "--without-gossip"]
+        chosen = {"queues": queues} if queues else {}
+        argv = [*worker_argv(concurrency=concurrency, name=name, pool=pool, **chosen), "--without-mingle"]
+        argv.append("--without-gossip")
         extra = {"CELERY_BROKER_URL": broker_url, "WORKER_PRELOAD_MODELS": preload, **env}
         child = ChildProcess("worker", argv, child_env(**extra), tmp_path)
         started.append(child)

@@ -147,6 +147,13 @@ TABLE: dict[str, Row] = {
     "labeling:dashboard": Row(
         "/studies/{study_slug}/dashboard/", researchers(200), perms=("annotate.view_study_dashboard",)
     ),
+    # "Refresh now": the page's permission; asks the worker (deduped) and redirects back to the page
+    "labeling:dashboard_refresh": Row(
+        "/studies/{study_slug}/dashboard/refresh/",
+        researchers(302),
+        method="post",
+        perms=("annotate.view_study_dashboard",),
+    ),  # fmt: skip
     # the qualification page: any logged-in user (the study has no qualification items: it says so)
     "labeling:qualify": Row("/studies/{study_slug}/qualify/", anyone(200)),
     # --- the admin site

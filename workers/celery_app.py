@@ -18,7 +18,9 @@ How the numbers fit together (change one, check the others):
 
 Periodic work (BEAT_SCHEDULE): every EXPIRY_SWEEP_SECONDS (60 s) the idle conversations and review
 assignments of every study expire (`annotate.tasks.expire_conversations_task`,
-`labeling.tasks.expire_reviews_task`), so their scenarios and conversations return to the pool. Beat runs
+`labeling.tasks.expire_reviews_task`), so their scenarios and conversations return to the pool; every
+RECOVER_SWEEP_SECONDS (15 s) replies whose worker was lost are taken up again and lost messages resent
+(`annotate.tasks.recover_turns_task`), so a turn never waits for the visibility timeout. Beat runs
 inside the worker that `serve` starts (`worker_argv(beat=True)`: `-B`, with an in-memory schedule, which
 suits the embedded filesystem broker and writes no file); with separate workers run one
 `celery -A workers beat` (or `manage.py expire_conversations` from cron). Both sweeps are idempotent, so two
@@ -41,17 +43,21 @@ from workers import backends
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-QUEUES = ("generation", "suggestions", "exports")
+# generation: local models, CPU-bound (prefork, one process per core); generation_io: model servers
+# (`openai`), I/O-bound (a threads pool far above the CPU count; `workers.backends.generation_queue`).
+QUEUES = ("generation", "generation_io", "suggestions", "exports")
 GENERATION_SOFT_TIME_LIMIT, GENERATION_TIME_LIMIT = 600, 660
 EXPORT_SOFT_TIME_LIMIT, EXPORT_TIME_LIMIT = 3600, 3660
 VISIBILITY_TIMEOUT = envint("CELERY_VISIBILITY_TIMEOUT", 900)
 BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
 EXPIRY_SWEEP_SECONDS = envint("EXPIRY_SWEEP_SECONDS", 60)
+RECOVER_SWEEP_SECONDS = envint("RECOVER_SWEEP_SECONDS", 15)
 BEAT_SCHEDULE = {
-    name: {"task": task, "schedule": float(EXPIRY_SWEEP_SECONDS), "options": {"expires": EXPIRY_SWEEP_SECONDS}}
-    for name, task in (
-        ("expire-conversations", "annotate.tasks.expire_conversations_task"),
-        ("expire-reviews", "labeling.tasks.expire_reviews_task"),
+    name: {"task": task, "schedule": float(every), "options": {"expires": every}}
+    for name, task, every in (
+        ("expire-conversations", "annotate.tasks.expire_conversations_task", EXPIRY_SWEEP_SECONDS),
+        ("expire-reviews", "labeling.tasks.expire_reviews_task", EXPIRY_SWEEP_SECONDS),
+        ("recover-turns", "annotate.tasks.recover_turns_task", RECOVER_SWEEP_SECONDS),
     )
 }
 
@@ -100,6 +106,8 @@ app.conf.update(
         # The expiry sweeps are short: with the suggestions, never behind a generation or an export.
         "annotate.tasks.expire_conversations_task": {"queue": "suggestions"},
         "labeling.tasks.expire_reviews_task": {"queue": "suggestions"},
+        "annotate.tasks.recover_turns_task": {"queue": "suggestions"},
+        "labeling.tasks.dashboard_refresh_task": {"queue": "suggestions"},
     },
     beat_schedule=BEAT_SCHEDULE,
     # In memory: a missed run is simply the next one (the sweeps catch up), and nothing is written to disk.
@@ -121,8 +129,22 @@ def _preload_models(**_: object) -> None:
     backends.preload_from_settings()
 
 
-def worker_argv(*, concurrency: int, name: str = "generation@%h", beat: bool = False) -> list[str]:
-    """The command that starts a worker for every queue (`serve`, the tests, bench/); `beat` embeds the
-    periodic scheduler (`-B`: BEAT_SCHEDULE), for a single-machine setup such as `serve`'s."""
-    return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(QUEUES),
-            "-c", str(concurrency), "--loglevel", "INFO", "-n", name, *(["-B"] if beat else [])]  # fmt: skip
+def worker_argv(
+    *,
+    concurrency: int,
+    name: str = "generation@%h",
+    beat: bool = False,
+    queues: tuple[str, ...] | list[str] = QUEUES,
+    pool: str = "",
+) -> list[str]:
+    """The command that starts a worker (`serve`, the tests, bench/): for every queue unless `queues` names
+    some (`serve` runs one worker for "generation" and one for "suggestions,exports", so a suggestion model or
+    an export never takes a generation slot); `pool` is Celery's execution pool (prefork when empty; e.g.
+    "threads" for I/O-bound backends); `beat` embeds the periodic scheduler (`-B`: BEAT_SCHEDULE), for a
+    single-machine setup such as `serve`'s."""
+    unknown = sorted(set(queues) - set(QUEUES))
+    if unknown or not queues:
+        raise ValueError(f"queues must be some of {QUEUES}, not {list(queues)}")
+    return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(queues),
+            "-c", str(concurrency), "--loglevel", "INFO", "-n", name, *(["-P", pool] if pool else []),
+            *(["-B"] if beat else [])]  # fmt: skip

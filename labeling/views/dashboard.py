@@ -5,15 +5,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
-from django.views.decorators.http import require_GET
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRefresh
 
-from annotate.models import Study
-from labeling.dashboard import GroundingRate
-from labeling.dashboard import study_dashboard as dashboard_figures
+from annotate.models import Conversation, Study
+from core.http import AppRequest
+from labeling import services
+from labeling.dashboard import GroundingRate, dashboard_from_json, dashboard_snapshot
 
 # Geometry of the bar chart, in SVG user units (the SVG scales to the page width).
 CHART_WIDTH, LABEL_WIDTH, BAR_HEIGHT, GAP, TOP = 640, 200, 22, 10, 8
@@ -59,22 +64,82 @@ def rate_bars(models: list[GroundingRate], baseline: GroundingRate) -> tuple[lis
 DASHBOARD_PERMISSION = "annotate.view_study_dashboard"
 
 
-@require_GET
-@login_required
-def study_dashboard(request: HttpRequest, slug: str) -> HttpResponse:
-    """A study's figures, for superusers and users granted `annotate.view_study_dashboard` (being staff is
-    not enough); anyone else gets the 403 page (templates/403.html), before any study is looked up."""
+def dashboard_max_age_seconds() -> int:
+    """A snapshot older than this (settings.DASHBOARD_MAX_AGE_SECONDS) is refreshed in the background when the
+    page is viewed (and still shown)."""
+    return int(settings.DASHBOARD_MAX_AGE_SECONDS)
+
+
+# With no snapshot yet, a study this small is computed on the request (about a second); a larger one waits for
+# the worker while the page polls.
+DASHBOARD_INLINE_MAX_CONVERSATIONS = 500
+
+
+def _study_for(request: HttpRequest, slug: str) -> Study:
+    """The study, for superusers and users granted `annotate.view_study_dashboard` (being staff is not enough);
+    anyone else gets the 403 page (templates/403.html), before any study is looked up."""
     if not request.user.has_perm(DASHBOARD_PERMISSION):
         raise PermissionDenied("The study dashboard is for researchers with access to it.")
-    study = get_object_or_404(Study, slug=slug)
-    # Excluded raters' work is left out unless asked for (?include_excluded=1).
-    figures = dashboard_figures(study=study, include_excluded=request.GET.get("include_excluded") == "1")
+    return get_object_or_404(Study, slug=slug)
+
+
+def _dashboard_url(slug: str, include_excluded: bool) -> str:
+    url = reverse("labeling:dashboard", args=[slug])
+    return f"{url}?include_excluded=1" if include_excluded else url
+
+
+@require_GET
+@login_required
+def study_dashboard(request: AppRequest, slug: str) -> HttpResponse:
+    """A study's figures from its stored snapshot (`labeling.services.dashboard_refresh`), with the time they
+    are as of. A snapshot older than `dashboard_max_age_seconds()` is refreshed in the background; with none yet,
+    a small study is computed now, a larger one shows "Computing the figures…" and polls (htmx) until the
+    worker has stored them."""
+    study = _study_for(request, slug)
+    # Excluded raters' work is left out unless asked for (?include_excluded=1): a snapshot of its own.
+    include_excluded = request.GET.get("include_excluded") == "1"
+    snapshot = dashboard_snapshot(study, include_excluded)
+    figures = dashboard_from_json(snapshot.data, study) if snapshot and snapshot.data else None
+    now = timezone.now()
+    missing = figures is None and not request.htmx
+    if missing and Conversation.objects.filter(study=study).count() < DASHBOARD_INLINE_MAX_CONVERSATIONS:
+        snapshot = services.dashboard_refresh(study_id=study.pk, include_excluded=include_excluded)
+        figures = dashboard_from_json(snapshot.data, study) if snapshot and snapshot.data else None
+    if figures is None:
+        services.dashboard_refresh_request(study=study, include_excluded=include_excluded, now=now)
+        if request.htmx:
+            return HttpResponse(status=204)  # still computing: the page polls again
+        return render(request, "labeling/dashboard.html", {"study": study, "include_excluded": include_excluded})
+    if request.htmx:
+        return HttpResponseClientRefresh()  # the figures are there: reload the page
+    assert snapshot is not None and snapshot.computed_at is not None
+    age = (now - snapshot.computed_at).total_seconds()
+    refreshing = snapshot.refresh_requested_at is not None and (snapshot.refresh_requested_at > snapshot.computed_at)
+    if age > dashboard_max_age_seconds():
+        refreshing = (
+            services.dashboard_refresh_request(study=study, include_excluded=include_excluded, now=now) or refreshing
+        )
     bars, line_x, height = rate_bars(figures.model_rates, figures.user_baseline)
     context = {
         "study": study,
         "d": figures,
+        "include_excluded": include_excluded,
+        "as_of": snapshot.computed_at,
+        "age_s": max(0, int(age)),
+        "refreshing": refreshing,
         "bars": bars,
         "line_x": line_x,
         "chart": {"width": CHART_WIDTH, "height": height, "label_width": LABEL_WIDTH, "bar_height": BAR_HEIGHT},
     }
     return render(request, "labeling/dashboard.html", context)
+
+
+@require_POST
+@login_required
+def dashboard_refresh(request: HttpRequest, slug: str) -> HttpResponse:
+    """The page's "Refresh now": ask the worker for fresh figures (deduped: a repeat within seconds sends
+    nothing) and go back to the page. Same permission as the page."""
+    study = _study_for(request, slug)
+    include_excluded = request.POST.get("include_excluded") == "1"
+    services.dashboard_refresh_request(study=study, include_excluded=include_excluded)
+    return redirect(_dashboard_url(study.slug, include_excluded))

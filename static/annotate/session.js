@@ -7,9 +7,10 @@
   const STATE = { pending: "waiting for a worker…", streaming: "writing…", done: "", failed: "failed" };
 
   function refreshSession() {
-    const session = document.getElementById("session");
-    if (session && window.htmx) {
-      htmx.ajax("GET", session.dataset.fragmentUrl, { target: "#session", swap: "outerHTML" });
+    // The candidates are done: reload the composer (the vote, enabled), not the whole session.
+    const composer = document.getElementById("composer");
+    if (composer && window.htmx) {
+      htmx.ajax("GET", composer.dataset.fragmentUrl, { target: "#composer", swap: "outerHTML" });
     }
   }
 
@@ -28,7 +29,9 @@
       if (!text) return; // the fragment was swapped out while this event was on its way
       text.textContent = data.text;
       card.dataset.status = data.status;
-      card.querySelector(".state").textContent = STATE[data.status] || "";
+      // attempt > 1: the reply was started again (its worker stopped); say so while it is rewritten.
+      const again = data.attempt > 1 && (data.status === "pending" || data.status === "streaming");
+      card.querySelector(".state").textContent = again ? "started again after a worker stopped…" : STATE[data.status] || "";
       card.querySelector(".cand-error").textContent = data.status === "failed" ? data.error : "";
       // For bench/ and tests: when the browser showed the text the worker stamped at data.t.
       window.cgLastToken = { id: data.id, t: data.t, shownAt: Date.now() / 1000, length: data.text.length };

@@ -319,11 +319,16 @@ def test_the_sweep_is_a_routed_periodic_task_and_a_command(make_study, make_user
     out = StringIO()
     call_command("expire_conversations", stdout=out)
     assert "Expired 1 conversation(s) and 0 review assignment(s)." in out.getvalue()
-    # Beat sends both sweeps every minute, to the light queue; serve's worker embeds beat, tests' do not.
-    tasks = {entry["task"] for entry in BEAT_SCHEDULE.values()}
-    assert tasks == {"annotate.tasks.expire_conversations_task", "labeling.tasks.expire_reviews_task"}
+    # Beat sends both expiry sweeps every minute and the recovery sweep every 15 s, to the light queue; serve's
+    # side worker embeds beat, tests' do not.
+    every = {entry["task"]: entry["schedule"] for entry in BEAT_SCHEDULE.values()}
+    assert every == {
+        "annotate.tasks.expire_conversations_task": 60,
+        "labeling.tasks.expire_reviews_task": 60,
+        "annotate.tasks.recover_turns_task": 15,
+    }
+    tasks = set(every)
     assert app.conf.beat_schedule == BEAT_SCHEDULE
-    assert all(entry["schedule"] == 60 for entry in BEAT_SCHEDULE.values())
     for task in tasks:
         assert app.conf.task_routes[task] == {"queue": "suggestions"}
     assert "-B" in worker_argv(concurrency=1, beat=True) and "-B" not in worker_argv(concurrency=1)

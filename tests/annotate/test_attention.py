@@ -21,7 +21,7 @@ def test_rate_one_always_plants_exactly_one_and_never_samples_it(
     make_study, make_conversation, django_capture_on_commit_callbacks, monkeypatch
 ):
     sent: list[tuple[str, int]] = []
-    monkeypatch.setattr(services, "task_send", lambda name, *args: sent.append((name, *args)))
+    monkeypatch.setattr(services, "task_send", lambda name, *args, **_: sent.append((name, *args)))
     study = make_study(attention_check_rate=1.0, candidates_per_turn=3, max_user_turns=20)
     conversation = make_conversation(study=study)
     slots = set()

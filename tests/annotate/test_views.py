@@ -7,6 +7,9 @@ import re
 import uuid
 
 import pytest
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from annotate import selectors, services
@@ -216,3 +219,71 @@ def test_retry_puts_failed_candidate_back_to_pending(rater_client, django_captur
     assert response.status_code == 200
     a.refresh_from_db()
     assert a.status == Turn.Status.PENDING and a.error == "" and len(callbacks) == 1
+
+
+# --- small answers: what changed, not the whole session (issue 11) -------------------------------------
+
+
+def _talk(client, conversation, turns: int) -> None:
+    """`turns` exchanges through the services: message, both replies done, A chosen."""
+    for n in range(turns):
+        user_turn = services.message_send(conversation=conversation, text=f"message number {n} " + "x" * 300)
+        a, _ = finish_candidates(user_turn, (f"reply {n} A " + "y" * 300, f"reply {n} B"))
+        choose(conversation, user_turn.pk, choice="candidate", chosen_id=a.pk)
+
+
+def _message_and_vote(client, conversation):
+    """A message and a vote as htmx sends them (with `shown`, the head the page showed): both answers."""
+    conversation.refresh_from_db()
+    url = reverse("annotate:message_send", args=[conversation.pk])
+    data = {"text": "Next please", "client_key": str(uuid.uuid4()), "shown": conversation.head_id or ""}
+    sent = client.post(url, data, **HTMX)
+    conversation.refresh_from_db()
+    a, _ = finish_candidates(conversation.head, ("fresh A", "fresh B"))
+    data = {"parent": conversation.head_id, "choice": a.pk, "idempotency_key": str(uuid.uuid4())}
+    voted = client.post(
+        reverse("annotate:vote", args=[conversation.pk]), {**data, "shown": conversation.head_id}, **HTMX
+    )
+    return sent, voted
+
+
+def test_a_message_and_a_vote_answer_with_what_changed_in_bounded_queries(client, make_conversation):
+    sizes, counts = {}, {}
+    for turns in (2, 8):
+        conversation = make_conversation()
+        client.force_login(conversation.rater)
+        _talk(client, conversation, turns)
+        cache.clear()  # both sizes cold: the labels are read once, then cached
+        with CaptureQueriesContext(connection) as queries:
+            sent, voted = _message_and_vote(client, conversation)
+        assert sent.status_code == voted.status_code == 200
+        sent_body, voted_body = sent.content.decode(), voted.content.decode()
+        # The message: the composer (candidates streaming) and the new message appended out of band
+        assert sent_body.lstrip().startswith('<div id="composer"') and 'data-stream-url="' in sent_body
+        assert 'hx-swap-oob="beforeend:#transcript"' in sent_body and "Next please" in sent_body
+        # The vote: the chosen reply appended, the message form back
+        assert "fresh A" in voted_body and 'id="message-form"' in voted_body
+        # ... and no earlier turn is sent again (tag bars only name them, truncated, in their "links to" list)
+        # but the message before the new one, re-sent folded (its feedback buttons are for the latest only)
+        first_turn = Turn.objects.filter(conversation=conversation, depth=0).get()
+        assert f'id="turn-{first_turn.pk}"' not in sent_body + voted_body
+        assert sent_body.count('<li class="msg') == 2
+        assert voted_body.count('<li class="msg') == 1
+        sizes[turns] = (len(sent.content), len(voted.content))
+        counts[turns] = len(queries)
+    # What a rater's action costs does not grow with the conversation
+    assert counts[8] == counts[2], counts
+    # Sizes grow only by the tag bars' "links to" lists (a truncated line per earlier turn), not by the transcript
+    assert max(sizes[8]) < 20_000 and sizes[8][0] - sizes[2][0] < 2_000 and sizes[8][1] - sizes[2][1] < 600, sizes
+
+
+def test_a_page_showing_another_state_gets_the_whole_session(rater_client):
+    conversation = rater_client.conversation
+    _talk(rater_client, conversation, 2)
+    conversation.refresh_from_db()
+    url = reverse("annotate:message_send", args=[conversation.pk])
+    stale = {"text": "From an old tab", "client_key": str(uuid.uuid4()), "shown": "999999999"}
+    response = rater_client.post(url, stale, **HTMX)
+    body = response.content.decode()
+    assert response.status_code == 200 and response["HX-Retarget"] == "#session"
+    assert body.lstrip().startswith('<section id="session"') and "message number 0" in body

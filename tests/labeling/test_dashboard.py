@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
 from django.urls import reverse
+from django.utils import timezone
 
 from annotate import services
 from annotate.models import Comparison, Conversation, Study, Turn
 from labeling import services as labeling
-from labeling.dashboard import StudyDashboard, study_dashboard
-from labeling.models import Label, ReviewAssignment, Tag
-from tests.helpers import choose, finish_candidates
+from labeling.dashboard import StudyDashboard, dashboard_from_json, dashboard_to_json, study_dashboard
+from labeling.models import DashboardSnapshot, Label, ReviewAssignment, Tag
+from labeling.tasks import dashboard_refresh_task
+from labeling.views import dashboard as dashboard_views
+from tests.helpers import choose, finish_candidates, finished_conversation
+from tests.processes import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -270,3 +276,166 @@ def test_an_expired_review_codes_nothing(study_data):
     assert {frozenset((p.rater_a, p.rater_b)) for p in after.pairs} == {frozenset(("live", "r1"))}
     assert _label(after, "clarification").review == _label(before, "clarification").review - 1
     assert _label(after, "follow-up").confirmed == _label(before, "follow-up").confirmed - 1
+
+
+# --- snapshots: the page reads stored figures, a task computes them ----------------------------------
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal JSON-like data, floats to 1e-9."""
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-9
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_numpy_maths_give_the_reference_figures(study_data):
+    t = study_data.turns
+    _review_vote(study_data.first, t["u1"], choice="candidate", chosen_id=t["a1"].pk)
+    _review_vote(study_data.second, t["u1"], choice="tie")
+    fast = dashboard_to_json(study_dashboard(study=study_data.study))
+    slow = dashboard_to_json(study_dashboard(study=study_data.study, reference=True))
+    assert _same(fast, slow)
+    assert fast["votes"]["alpha"] is not None and fast["masi_alpha"] == pytest.approx(37 / 93)
+
+
+@pytest.mark.parametrize("include_excluded", [False, True])
+def test_a_snapshot_reads_back_as_the_fresh_computation(study_data, include_excluded):
+    fresh = study_dashboard(study=study_data.study, include_excluded=include_excluded)
+    # Through JSON text, as PostgreSQL stores it...
+    assert dashboard_from_json(json.loads(json.dumps(dashboard_to_json(fresh))), study_data.study) == fresh
+    # ... and through the snapshot row the task writes.
+    stored = labeling.dashboard_refresh(study_id=study_data.study.pk, include_excluded=include_excluded)
+    assert stored is not None and stored.computed_at is not None
+    stored.refresh_from_db()
+    assert dashboard_from_json(stored.data, study_data.study) == fresh
+
+
+@pytest.fixture
+def sent(monkeypatch) -> list[tuple[Any, ...]]:
+    """The tasks labeling.services sends (none reaches a broker)."""
+    found: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(labeling, "task_send", lambda name, *args: found.append((name, *args)))
+    return found
+
+
+def _age(study: Study, seconds: float, include_excluded: bool = False) -> None:
+    """Make the stored snapshot (and its last request) `seconds` old."""
+    then = timezone.now() - timedelta(seconds=seconds)
+    DashboardSnapshot.objects.filter(study=study, include_excluded=include_excluded).update(
+        computed_at=then, refresh_requested_at=then
+    )
+
+
+def test_the_page_shows_the_snapshot_as_of_its_time_without_reading_figures(
+    study_data, client, make_user, django_assert_max_num_queries, sent
+):
+    url = reverse("labeling:dashboard", args=[study_data.study.slug])
+    client.force_login(_researcher(make_user))
+    first = client.get(url).content.decode()  # no snapshot yet, a small study: computed on the request
+    assert "Figures as of" in first and 'id="n-coded">4<' in first and sent == []
+    # New work after the snapshot does not show until a refresh; the page reads the stored figures only.
+    labeling.tag_add(rater=study_data.live2, turn_id=study_data.turns["y1"].pk, label="clarification")
+    with django_assert_max_num_queries(8):
+        page = client.get(url)
+    html = page.content.decode()
+    assert page.status_code == 200 and "Refresh now" in html and " s ago)" in html
+    assert 'id="masi-alpha">0.398<' in html and _label_count(html, "clarification") == "4"
+    assert sent == []  # fresh: no refresh asked for
+
+
+def _label_count(html: str, name: str) -> str:
+    row = html.split(f'id="label-{name}"', 1)[1]
+    return row.split("<td>", 3)[3].split("<", 1)[0]  # the third cell: confirmed
+
+
+def test_a_stale_snapshot_asks_for_one_refresh(
+    study_data, client, make_user, sent, settings, django_capture_on_commit_callbacks
+):
+    settings.DASHBOARD_MAX_AGE_SECONDS = 60
+    study = study_data.study
+    url = reverse("labeling:dashboard", args=[study.slug])
+    client.force_login(_researcher(make_user))
+    labeling.dashboard_refresh(study_id=study.pk, include_excluded=False)
+    _age(study, 120)
+    with django_capture_on_commit_callbacks(execute=True):
+        pages = [client.get(url).content.decode() for _ in range(3)]
+    assert sent == [("labeling.tasks.dashboard_refresh_task", study.pk, False)]  # three views, one task
+    assert "(120 s ago)" in pages[0] and "a refresh is under way" in pages[2]
+
+    # The worker runs it: the page shows the new figures, and a fresh snapshot asks for nothing.
+    labeling.tag_add(rater=study_data.live2, turn_id=study_data.turns["y1"].pk, label="clarification")
+    dashboard_refresh_task(study.pk, False)
+    with django_capture_on_commit_callbacks(execute=True):
+        html = client.get(url).content.decode()
+    assert _label_count(html, "clarification") == "5" and "under way" not in html and len(sent) == 1
+
+
+def test_refresh_now_needs_the_permission_and_is_idempotent(
+    study_data, client, make_user, sent, django_capture_on_commit_callbacks
+):
+    study = study_data.study
+    refresh = reverse("labeling:dashboard_refresh", args=[study.slug])
+    client.force_login(study_data.first)
+    assert client.post(refresh).status_code == 403
+    client.force_login(_researcher(make_user))
+    assert client.get(refresh).status_code == 405
+    with django_capture_on_commit_callbacks(execute=True):
+        answers = [client.post(refresh, {"include_excluded": "1"}) for _ in range(2)]
+    assert [a.status_code for a in answers] == [302, 302]
+    assert answers[0]["Location"] == reverse("labeling:dashboard", args=[study.slug]) + "?include_excluded=1"
+    assert sent == [("labeling.tasks.dashboard_refresh_task", study.pk, True)]  # the second click: nothing sent
+    # Served and a few seconds later, a click asks again.
+    dashboard_refresh_task(study.pk, True)
+    DashboardSnapshot.objects.filter(study=study).update(
+        refresh_requested_at=timezone.now() - timedelta(seconds=10), computed_at=timezone.now() - timedelta(seconds=9)
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(refresh, {"include_excluded": "1"})
+    assert len(sent) == 2
+
+
+def test_include_excluded_has_its_own_snapshot(study_data, client, make_user):
+    url = reverse("labeling:dashboard", args=[study_data.study.slug])
+    client.force_login(_researcher(make_user))
+    client.get(url)
+    client.get(url, {"include_excluded": "1"})
+    snapshots = DashboardSnapshot.objects.filter(study=study_data.study).order_by("include_excluded")
+    assert [(s.include_excluded, s.data["include_excluded"]) for s in snapshots] == [(False, False), (True, True)]
+    page = client.get(url, {"include_excluded": "1"}).content.decode()
+    assert 'name="include_excluded" value="1"' in page  # "Refresh now" refreshes this one
+
+
+def test_a_large_study_without_snapshot_waits_for_the_worker(
+    study_data, client, make_user, sent, monkeypatch, django_capture_on_commit_callbacks
+):
+    monkeypatch.setattr(dashboard_views, "DASHBOARD_INLINE_MAX_CONVERSATIONS", 1)  # 2 conversations: "large"
+    study = study_data.study
+    url = reverse("labeling:dashboard", args=[study.slug])
+    client.force_login(_researcher(make_user))
+    with django_capture_on_commit_callbacks(execute=True):
+        html = client.get(url).content.decode()
+        polled = client.get(url, headers={"HX-Request": "true"})
+    assert "Computing the figures" in html and 'hx-trigger="every 2s"' in html and "Figures as of" not in html
+    assert polled.status_code == 204  # still computing
+    assert sent == [("labeling.tasks.dashboard_refresh_task", study.pk, False)]
+    dashboard_refresh_task(study.pk, False)
+    ready = client.get(url, headers={"HX-Request": "true"})
+    assert ready.status_code == 200 and ready["HX-Refresh"] == "true"
+    assert "Figures as of" in client.get(url).content.decode()
+
+
+def test_a_real_worker_computes_the_snapshot(start_worker, make_study, make_user, client):
+    study = make_study(overlap=2)
+    finished_conversation(study, make_user("good"))
+    start_worker(concurrency=1)
+    # When a refresh is asked for (committed: the task is sent to the broker)
+    assert labeling.dashboard_refresh_request(study=study, include_excluded=False)
+    # Then the worker stores the figures, and the page shows them
+    wait_until(lambda: DashboardSnapshot.objects.filter(study=study, data__isnull=False).exists(), timeout=60)
+    client.force_login(_researcher(make_user))
+    html = client.get(reverse("labeling:dashboard", args=[study.slug])).content.decode()
+    assert "Figures as of" in html and 'id="n-conversations">1<' in html

@@ -169,7 +169,7 @@ def test_message_send_enqueues_suggestions_for_the_user_turn_after_commit(
 ):
     short = {"annotate.tasks.sample_turn_task": "sample", "labeling.tasks.suggest_tags_task": "suggest"}
     sent: list[tuple[str, int]] = []
-    monkeypatch.setattr(services, "task_send", lambda name, pk: sent.append((short[name], pk)))
+    monkeypatch.setattr(services, "task_send", lambda name, pk, **_: sent.append((short[name], pk)))
     conversation = make_conversation()
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         user_turn = services.message_send(conversation=conversation, text="Plan a party")

@@ -164,3 +164,20 @@ def test_review_tags_need_an_open_assignment(live, make_user):
     ReviewAssignment.objects.create(conversation=conversation, rater=reviewer)
     tag = labeling.tag_add(rater=reviewer, turn_id=a.pk, label="clarification", task="review")
     assert tag.task == "review" and tag.rater_id == reviewer.pk
+
+
+def test_labels_are_cached_per_taxonomy_and_forgotten_when_one_changes(make_study, django_assert_num_queries):
+    from labeling.selectors import labels_for
+
+    study = make_study()
+    first = labels_for(study)
+    with django_assert_num_queries(0):
+        assert [label.pk for label in labels_for(study)] == [label.pk for label in first]
+    changed = Label.objects.get(pk=first[0].pk)
+    changed.title = "Renamed"
+    changed.save()
+    assert labels_for(study)[0].title == "Renamed"  # the save forgot the cached list
+    Label.objects.filter(pk=first[-1].pk).delete()  # a queryset delete sends post_delete too
+    assert first[-1].pk not in {label.pk for label in labels_for(study)}
+    with django_assert_num_queries(1):
+        labels_for(study, fresh=True)

@@ -131,6 +131,32 @@ def test_tiny_model_stops_when_on_text_says_so(tiny_backend):
     assert result.text == on_text.texts[-1].strip()
 
 
+def _asks(*texts: str, **params: Any) -> list[GenerationRequest]:
+    return [GenerationRequest(messages=[{"role": "user", "content": t}], params=params, seed=3) for t in texts]
+
+
+def test_a_batch_gives_each_request_the_text_it_gets_alone_and_streams_each_to_its_own(tiny_backend):
+    asks = _asks("Hi", "Plan a party for my son, please: ten kids", "What?", temperature=0, max_new_tokens=50)
+    alone = [tiny_backend.generate(request, Recorder()) for request in asks]
+    recorders = [Recorder() for _ in asks]
+    batched = tiny_backend.generate_batch(asks, recorders)
+    # Greedy: the same text batched (left-padded prompts of different lengths) as one at a time
+    assert [r.text for r in batched] == [r.text for r in alone] and all(r.text for r in batched)
+    assert [r.prompt_tokens for r in batched] == [r.prompt_tokens for r in alone]
+    assert [r.completion_tokens for r in batched] == [r.completion_tokens for r in alone]
+    for recorder, result in zip(recorders, batched, strict=True):
+        assert_growing(recorder.texts)
+        assert recorder.texts[-1].strip() == result.text
+
+
+def test_one_sequence_of_a_batch_stops_alone(tiny_backend):
+    asks = _asks("one", "two", temperature=0, max_new_tokens=300, min_new_tokens=300)
+    quitter, stayer = Recorder(stop_after=4), Recorder()
+    first, second = tiny_backend.generate_batch(asks, [quitter, stayer])
+    assert first.stopped_early and len(quitter.texts) == 4 and first.completion_tokens < 20
+    assert not second.stopped_early and second.completion_tokens == 300
+
+
 # --- transformers: the real Gemma 3 270M ----------------------------------------------------
 
 

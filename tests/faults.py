@@ -1,0 +1,74 @@
+"""A PostgreSQL cluster of a test's own (initdb into a temporary directory, a spare port), so a test can
+restart the database or starve it of connections without touching the machine's shared server.
+
+PostgreSQL refuses to run as root: as root the cluster belongs to the `postgres` user (runuser)."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.processes import free_port
+
+
+def _bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {name} is not installed (/usr/lib/postgresql/*/bin)")
+    return found[-1]
+
+
+class PrivatePostgres:
+    """initdb, start, stop and restart one cluster; `url(db)` for clients. Trust authentication on 127.0.0.1."""
+
+    def __init__(self, *, max_connections: int = 100) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="cg-pg-", dir="/tmp"))
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.max_connections = max_connections
+        self.as_postgres = os.geteuid() == 0
+        if self.as_postgres:
+            entry = pwd.getpwnam("postgres")
+            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        self._run(_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+
+    def _run(self, *argv: str) -> None:
+        command = ["runuser", "-u", "postgres", "--", *argv] if self.as_postgres else list(argv)
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
+            f"-c max_connections={self.max_connections} -c fsync=off -c synchronous_commit=off"
+        )
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stop (fast: every connection is cut), stay down a moment, start again."""
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
+    def create_database(self, name: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+    def url(self, db: str) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{db}"
+
+    def close(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):  # not running
+            self.stop(mode="immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
