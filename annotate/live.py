@@ -27,6 +27,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
+from django.db.models import Q
 
 from annotate.models import Turn
 
@@ -44,9 +45,12 @@ FINISHED = (Turn.Status.DONE, Turn.Status.FAILED)
 STATE_FIELDS = ("id", "status", "text", "heartbeat_at", "attempt")  # the columns `turn_state` takes
 
 
-def turn_state(*, id: int, status: str, text: str, heartbeat_at: datetime | None, attempt: int) -> dict[str, Any]:
+def turn_state(
+    *, id: int, status: str, text: str, heartbeat_at: datetime | None, attempt: int, ahead: int | None = None
+) -> dict[str, Any]:
     """What a stream sends about a turn. Raters get the generic error; the detail (Turn.error) is for staff.
-    `attempt` above 1 means the reply was started again (a worker stopped, or the rater retried it)."""
+    `attempt` above 1 means the reply was started again (a worker stopped, or the rater retried it); `ahead`, for
+    a reply still waiting, how many replies wait before it (its place in the queue)."""
     return {
         "id": id,
         "status": status,
@@ -54,6 +58,7 @@ def turn_state(*, id: int, status: str, text: str, heartbeat_at: datetime | None
         "error": Turn.RATER_ERROR if status == Turn.Status.FAILED else "",
         "t": heartbeat_at.timestamp() if heartbeat_at else None,
         "attempt": attempt,
+        "ahead": ahead,
     }
 
 
@@ -207,8 +212,18 @@ def release_connection() -> None:
 
 
 def _states_read(turn_ids: list[int], release: bool) -> list[dict[str, Any]]:
+    """The turns' states; a waiting one with its place in the queue (replies waiting that were made before it,
+    all studies: the queue is shared; an index-only count)."""
     try:
-        return [turn_state(**row) for row in Turn.objects.filter(pk__in=turn_ids).values(*STATE_FIELDS)]
+        rows = list(Turn.objects.filter(pk__in=turn_ids).values(*STATE_FIELDS, "created_at"))
+        states = []
+        for row in rows:
+            created = row.pop("created_at")
+            if row["status"] == Turn.Status.PENDING:
+                before = Q(created_at__lt=created) | Q(created_at=created, pk__lt=row["id"])
+                row["ahead"] = Turn.objects.filter(before, status=Turn.Status.PENDING).count()
+            states.append(turn_state(**row))
+        return states
     finally:
         if release:
             release_connection()
@@ -227,14 +242,14 @@ async def turn_events(turn_ids: list[int]) -> AsyncIterator[bytes]:
     reconnects gets the current text at once), then follows the feed, or polls the rows without one."""
     read = sync_to_async(_states_read)
     turn_feed = feed()
-    sent: dict[int, tuple[str, str, int]] = {}
+    sent: dict[int, tuple[str, str, int, int | None]] = {}
     finished: set[int] = set()
     deadline = time.monotonic() + settings.STREAM_MAX_SECONDS
     yield b"retry: 1000\n\n"
 
     def changes(states: Iterable[dict[str, Any]]) -> Iterable[bytes]:
         for state in states:
-            key = (state["status"], state["text"], state["attempt"])
+            key = (state["status"], state["text"], state["attempt"], state.get("ahead"))
             if state["id"] in turn_ids and sent.get(state["id"]) != key:
                 sent[state["id"]] = key
                 if state["status"] in FINISHED:
@@ -260,9 +275,10 @@ async def turn_events(turn_ids: list[int]) -> AsyncIterator[bytes]:
 
     async with turn_feed.listen(turn_ids) as updates:
         states = await read(turn_ids, True)  # after listening: nothing falls in between
-        last_read = time.monotonic()
+        last_read = last_sent = time.monotonic()
         while True:
             for chunk in changes(states):
+                last_sent = time.monotonic()
                 yield chunk
             if len(finished) == len(turn_ids):
                 yield _sse("end", {})
@@ -270,13 +286,18 @@ async def turn_events(turn_ids: list[int]) -> AsyncIterator[bytes]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            waiting = any(key[0] == Turn.Status.PENDING for key in sent.values())
+            # A waiting reply gets no news until a worker takes it: read its place in the queue now and then.
+            quiet = settings.STREAM_QUEUE_SECONDS if waiting else settings.STREAM_KEEPALIVE_SECONDS
             try:
-                item = await asyncio.wait_for(updates.get(), timeout=min(settings.STREAM_KEEPALIVE_SECONDS, remaining))
+                item = await asyncio.wait_for(updates.get(), timeout=min(quiet, remaining))
             except TimeoutError:
-                yield KEEPALIVE
                 states = []
-                if time.monotonic() - last_read >= settings.STREAM_RESYNC_SECONDS:  # news may have been lost
+                if waiting or time.monotonic() - last_read >= settings.STREAM_RESYNC_SECONDS:  # or news was lost
                     states, last_read = await read(turn_ids, True), time.monotonic()
+                if not states or time.monotonic() - last_sent >= settings.STREAM_KEEPALIVE_SECONDS:
+                    yield KEEPALIVE
+                    last_sent = time.monotonic()
                 continue
             items = [item]
             while not updates.empty():  # a burst: send the latest of each turn once

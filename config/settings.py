@@ -263,6 +263,8 @@ STREAM_WRITE_SECONDS = envfloat("STREAM_WRITE_SECONDS", 0.1)
 STREAM_POLL_SECONDS = envfloat("STREAM_POLL_SECONDS", 0.05)
 # A stream with nothing to say sends a comment this often (proxies and browsers keep it open) ...
 STREAM_KEEPALIVE_SECONDS = envfloat("STREAM_KEEPALIVE_SECONDS", 15.0)
+# ... reads a waiting reply's place in the queue this often ...
+STREAM_QUEUE_SECONDS = envfloat("STREAM_QUEUE_SECONDS", 5.0)
 # ... and reads its rows again after this long without news (pub/sub drops what it could not deliver).
 STREAM_RESYNC_SECONDS = envfloat("STREAM_RESYNC_SECONDS", 30.0)
 # The recovery sweep (annotate.services.turns_recover; how often: workers/celery_app.py): how long a reply

@@ -31,7 +31,11 @@
       card.dataset.status = data.status;
       // attempt > 1: the reply was started again (its worker stopped); say so while it is rewritten.
       const again = data.attempt > 1 && (data.status === "pending" || data.status === "streaming");
-      card.querySelector(".state").textContent = again ? "started again after a worker stopped…" : STATE[data.status] || "";
+      let state = again ? "started again after a worker stopped…" : STATE[data.status] || "";
+      if (data.status === "pending" && data.ahead > 0) {
+        state = "waiting for a worker: " + data.ahead + " repl" + (data.ahead === 1 ? "y" : "ies") + " before it…";
+      }
+      card.querySelector(".state").textContent = state;
       card.querySelector(".cand-error").textContent = data.status === "failed" ? data.error : "";
       // For bench/ and tests: when the browser showed the text the worker stamped at data.t.
       window.cgLastToken = { id: data.id, t: data.t, shownAt: Date.now() / 1000, length: data.text.length };

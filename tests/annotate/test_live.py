@@ -24,7 +24,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from annotate import generation, selectors, services
+from annotate import generation, live, selectors, services
 from annotate.models import Conversation, Turn
 from tests.processes import wait_until
 
@@ -277,3 +277,18 @@ def test_a_lost_worker_node_is_taken_over_within_the_lease_not_the_visibility_ti
     turn = wait_until(lambda: Turn.objects.filter(pk=turn_id, status__in=["done", "failed"]).first(), what="finished")
     assert (turn.status, turn.attempt, turn.completion_tokens) == ("done", 2, LONG)
     assert time.monotonic() - killed_at < 120  # the lease and a sweep, plus the generation: never 900 s
+
+
+@pytest.mark.django_db
+def test_a_waiting_reply_is_told_its_place_in_the_queue(make_conversation):
+    earlier = services.message_send(conversation=make_conversation(), text="First in the queue")
+    later = services.message_send(conversation=make_conversation(), text="Second")
+    first_two = [t.pk for t in selectors.candidates_of(earlier)]
+    mine = [t.pk for t in selectors.candidates_of(later)]
+    states = {s["id"]: s for s in live._states_read(mine, release=False)}
+    assert [states[pk]["ahead"] for pk in mine] == [2, 3]  # the other rater's two replies, then A before B
+    Turn.objects.filter(pk__in=first_two).update(status="streaming")  # a worker took them
+    states = {s["id"]: s for s in live._states_read(mine, release=False)}
+    assert [states[pk]["ahead"] for pk in mine] == [0, 1]
+    Turn.objects.filter(pk__in=mine).update(status="streaming")
+    assert {s["ahead"] for s in live._states_read(mine, release=False)} == {None}  # only waiting replies have one
