@@ -27,8 +27,8 @@ from workers.backends import (
     GenerationResult,
     OnText,
     backend_for,
-    batch_key,
     generate_all,
+    runs_locally,
 )
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,8 @@ def _generate(turn_id: int, attempt: int, *, redelivered: bool) -> str:
         )
     if turn.model_config is None:
         return _fail(mine, turn_id, "This turn has no model configuration")
-    key = batch_key(turn.model_config, turn.params)
-    riders = _riders_claim(turn) if key is not None and settings.GENERATION_BATCH_SIZE > 1 else []
+    batched = runs_locally(turn.model_config.backend) and settings.GENERATION_BATCH_SIZE > 1
+    riders = _riders_claim(turn) if batched else []
     group = [(turn, attempt), *riders]
     held = {t.pk: Turn.objects.filter(pk=t.pk, attempt=a, status=Turn.Status.STREAMING) for t, a in group}
     writers = [_text_writer(held[t.pk], t.pk, a) for t, a in group]
@@ -126,8 +126,10 @@ def _generate(turn_id: int, attempt: int, *, redelivered: bool) -> str:
     except Exception as exc:  # the rater sees the message and may retry
         log.exception("Generation failed for turn %s", turn_id)
         error = str(exc) if isinstance(exc, GenerationError) else f"{type(exc).__name__}: {exc}"
-        return [_fail(held[t.pk], t.pk, error) for t, _ in group][0]
-    return [_finish(held[t.pk], t.pk, result) for (t, _), result in zip(group, results, strict=True)][0]
+        outcomes = [_fail(held[t.pk], t.pk, error) for t, _ in group]
+    else:
+        outcomes = [_finish(held[t.pk], t.pk, result) for (t, _), result in zip(group, results, strict=True)]
+    return outcomes[0]  # this task's own reply; the riders' outcomes are in their rows
 
 
 # A reply sampled in another's batch is marked in `claimed_by`: its own task then has nothing to do.

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from django.contrib.auth.models import User
 from django.db import models, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from annotate.models import Comparison, Conversation, Participant, Study, Turn
@@ -20,9 +20,11 @@ from annotate.panel import participant_screen_out
 from annotate.selectors import studies_by_timeout
 from annotate.services import comparison_clean, conversation_touch, expired_message, gold_passed_add
 from core.errors import ActionRefused
+from core.tasks import task_send
 from core.validation import check_storable, check_structure, is_id, parse_json, parse_yaml, unstorable
 from labeling import agreement
-from labeling.models import GoldAnswer, GoldItem, Label, ReviewAssignment, Tag, Taxonomy
+from labeling.dashboard import dashboard_to_json, study_dashboard
+from labeling.models import DashboardSnapshot, GoldAnswer, GoldItem, Label, ReviewAssignment, Tag, Taxonomy
 from labeling.selectors import (
     DEFAULT_TAXONOMY_SLUG,
     compared_replies,
@@ -741,13 +743,6 @@ def gold_items_import(*, study: Study, rows: list[Any]) -> tuple[int, int]:
 
 # --- dashboard snapshots ---------------------------------------------------------------------------
 # The dashboard page renders a stored snapshot of the figures (labeling.dashboard); a Celery task computes it.
-# This section's imports stay with it (the top of the module is another change's).
-
-from django.db.models import F  # noqa: E402
-
-from core.tasks import task_send  # noqa: E402
-from labeling.dashboard import dashboard_to_json, study_dashboard  # noqa: E402
-from labeling.models import DashboardSnapshot  # noqa: E402
 
 DASHBOARD_REFRESH_TASK = "labeling.tasks.dashboard_refresh_task"
 DASHBOARD_REFRESH_DEDUPE = timedelta(seconds=5)  # requests closer than this send one task

@@ -337,18 +337,16 @@ def generate_all(
     return [backend.generate(request, on_text) for request, on_text in zip(requests, on_texts, strict=True)]
 
 
+def runs_locally(backend: str) -> bool:
+    """Whether replies of this backend are sampled in the worker process (CPU-bound, and batched:
+    `TransformersBackend.generate_batch`) rather than by a model server (I/O-bound, one request at a time)."""
+    return backend != "openai"
+
+
 def generation_queue(backend: str) -> str:
-    """The Celery queue a reply of this backend is sampled from: a model server's replies wait on the network
-    (many at once per worker, threads pool), a local model's use a core each (prefork)."""
-    return "generation_io" if backend == "openai" else "generation"
-
-
-def batch_key(config: Any, params: Any) -> tuple[Any, ...] | None:
-    """Requests with the same key may be sampled in one batch (`TransformersBackend.generate_batch`):
-    the same local model and the same parameters. None: this backend samples one request at a time."""
-    if config.backend == "openai":
-        return None
-    return (config.pk, json.dumps(params, sort_keys=True))
+    """The Celery queue a reply of this backend is sampled from: a local model's use a core each (prefork),
+    a model server's wait on the network (many at once per worker, threads pool)."""
+    return "generation" if runs_locally(backend) else "generation_io"
 
 
 # --- OpenAI-compatible servers ------------------------------------------------------------
