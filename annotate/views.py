@@ -39,7 +39,8 @@ def _session_context(
     """What the session templates show. `shown`: the turns of the path this answer renders (all by default);
     the tags are read for those and the candidates only."""
     path = selectors.lived_path(conversation) if path is None else path
-    awaiting = selectors.awaiting_vote(conversation)
+    head = path[-1] if path else None  # the path ends at the head: no query for it
+    awaiting = head if head is not None and head.role == Turn.Role.USER else None
     candidates = selectors.candidates_of(awaiting) if awaiting else []
     user_turns = sum(1 for t in path if t.role == Turn.Role.USER)
     context: dict[str, Any] = {
@@ -64,13 +65,17 @@ def _session_context(
     return context
 
 
+# What a rater's action may change on the conversation (its head, status, times…): all but whose it is.
+_CHANGING = [f.name for f in Conversation._meta.concrete_fields if f.name not in ("id", "study", "scenario", "rater")]
+
+
 def _respond(request: AppRequest, conversation: Conversation) -> HttpResponse:
     """After a successful action: for htmx, what changed (the composer, and out of band the turns the path gained
     since the form was shown: `_session_update.html`), or the whole session when the page did not say what it
     shows or shows another branch (a stale tab); a redirect for a plain form."""
     if not request.htmx:
         return redirect("annotate:conversation", pk=conversation.pk)
-    conversation.refresh_from_db()
+    conversation.refresh_from_db(fields=_CHANGING)  # study, scenario and rater stay as read (no queries)
     path = selectors.lived_path(conversation)
     new_turns = _turns_after(path, request.POST.get("shown"))
     if new_turns is None:

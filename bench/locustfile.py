@@ -181,6 +181,14 @@ def _field(html: str, name: str) -> str | None:
     return found.group(1) if found else None
 
 
+def _shown(form: dict[str, str], html: str) -> None:
+    """Post the form's `shown` (the last turn the page shows) as the browser does: the answer then holds only
+    what changed, not the whole session."""
+    shown = _field(html, "shown")
+    if shown is not None:
+        form["shown"] = shown
+
+
 class Rater(FastHttpUser):
     """One rater account, one conversation at a time (the task is the whole conversation)."""
 
@@ -305,7 +313,7 @@ class Rater(FastHttpUser):
             if 'id="vote-form"' in html:  # a resumed conversation may await a vote, its replies still streaming
                 if re.search(r'data-status="(pending|streaming)"', html):
                     self._stream(pk, time.perf_counter(), resumed=True)
-                    html = self._request("GET", f"/c/{pk}/", "fragment", htmx=True).text or ""
+                    html = self._composer(pk)
             elif 'id="message-form"' in html:
                 html = self._message(pk, html)
             else:
@@ -320,11 +328,19 @@ class Rater(FastHttpUser):
 
     def _message(self, pk: int, html: str) -> str:
         """Send a message, read the stream to its end, and return the session fragment with the vote form."""
-        form = {"text": random.choice(MESSAGES), "client_key": _field(html, "client_key") or str(uuid.uuid4())}
+        form = {
+            "text": random.choice(MESSAGES),
+            "client_key": _field(html, "client_key") or str(uuid.uuid4()),
+        }
+        _shown(form, html)
         sent = time.perf_counter()
         self._resend("POST", f"/c/{pk}/messages/", "message", data=form, htmx=True)
         self._stream(pk, sent)
-        return self._request("GET", f"/c/{pk}/", "fragment", htmx=True).text or ""
+        return self._composer(pk)
+
+    def _composer(self, pk: int) -> str:
+        """What static/annotate/session.js reloads when the candidates are done: the composer, not the session."""
+        return self._request("GET", f"/c/{pk}/?part=composer", "composer", htmx=True).text or ""
 
     def _stream(self, pk: int, sent: float, resumed: bool = False) -> None:
         """Read /c/<pk>/stream/ until `end`, reconnecting like EventSource when it closes early; a resumed
@@ -381,7 +397,7 @@ class Rater(FastHttpUser):
             for turn in failed:
                 self._request("POST", f"/c/{pk}/turns/{turn}/retry/", "retry", data={}, htmx=True)
             self._stream(pk, time.perf_counter(), resumed=True)
-            html = self._request("GET", f"/c/{pk}/", "fragment", htmx=True).text or ""
+            html = self._composer(pk)
             candidates = {int(c): s for c, s in re.findall(r'id="cand-(\d+)" data-status="(\w+)"', html)}
         if not candidates or any(s != "done" for s in candidates.values()):
             self._fail("vote", f"candidates not all done: {candidates}")
@@ -404,6 +420,7 @@ class Rater(FastHttpUser):
             "strength": random.choice(["slight", "clear"]),
             "reason": "",
         }
+        _shown(form, html)
         key = form["idempotency_key"]
         votes_in_flight.add(key)  # a vote cut off by the end of the run may be stored without an answer
         try:

@@ -204,6 +204,10 @@ if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
             "KEY_PREFIX": "commonground",
         }
     }
+    # Sessions are read from Redis and written through to the database: every request reads its session,
+    # and a Redis GET costs a fraction of a PostgreSQL query. A per-process cache could serve another
+    # process's stale session (a logout not seen), so with locmem they stay in the database alone.
+    SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 elif CACHE_URL == "locmem://":
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 else:

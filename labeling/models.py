@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils.functional import cached_property
 
 
 class Taxonomy(models.Model):
@@ -56,6 +57,17 @@ class Label(models.Model):
 
     def applies_to(self, role: str) -> bool:
         return self.roles in (self.Roles.BOTH, role)
+
+    @cached_property
+    def tooltip(self) -> str:
+        """What a label button says on hover: the definition, the examples, how to tag a span. Worked out once
+        per instance: the cached labels (`selectors.labels_for`) are shown on every tag bar of every answer."""
+        lines = [self.definition]
+        if self.examples:
+            lines.append("e.g. " + " · ".join(str(example) for example in self.examples))
+        if self.takes_span:
+            lines.append("(select text first to tag just that)")
+        return "\n".join(lines)
 
 
 class ReviewAssignment(models.Model):

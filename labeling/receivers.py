@@ -40,7 +40,7 @@ def session_tagging(*, conversation: Conversation, turns: list[Turn], **_: Any) 
     """The labels and the rater's live tags that the session page's tag bars show."""
     return {
         "tag_labels": labels_for(conversation.study),
-        "live_tags": tags_by_turn(turn_ids=[t.pk for t in turns], rater=conversation.rater, task=Tag.Task.LIVE),
+        "live_tags": tags_by_turn(turn_ids=[t.pk for t in turns], rater_id=conversation.rater_id, task=Tag.Task.LIVE),
     }
 
 

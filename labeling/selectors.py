@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,17 +19,22 @@ from labeling.models import GoldAnswer, GoldItem, Label, ReviewAssignment, Tag, 
 DEFAULT_TAXONOMY_SLUG = "default"
 
 
-def taxonomy_for(study: Study) -> Taxonomy | None:
-    """The study's taxonomy, or the shipped default (created by a migration; None if it was deleted)."""
+def taxonomy_labels(study: Study) -> QuerySet[Label]:
+    """The labels of the study's taxonomy, or of the shipped default (created by a migration; none if it was
+    deleted), as a query: the taxonomy itself is not read."""
     if study.taxonomy_id is not None:
-        return study.taxonomy
-    return Taxonomy.objects.filter(slug=DEFAULT_TAXONOMY_SLUG).first()
+        return Label.objects.filter(taxonomy_id=study.taxonomy_id)
+    return Label.objects.filter(taxonomy__slug=DEFAULT_TAXONOMY_SLUG)
 
 
 # Every session and review answer shows the labels: they are kept in Django's cache, per taxonomy, for this
 # long, and forgotten when a label or taxonomy is saved or deleted (`labels_forget`, connected in apps.py).
 # With a per-process cache (locmem) another web process may show an admin's edit up to this late.
 LABELS_CACHE_SECONDS = 60
+# On top of a shared cache (Redis) each process keeps the labels it read for this long: a session answer then
+# costs no cache round trip and no unpickling. Another process shows an admin's edit at most this late.
+LABELS_LOCAL_SECONDS = 5.0
+_labels_local: dict[str, tuple[float, list[Label]]] = {}
 
 
 def _labels_key(taxonomy_id: int | None) -> str:
@@ -36,31 +42,40 @@ def _labels_key(taxonomy_id: int | None) -> str:
 
 
 def labels_for(study: Study, *, fresh: bool = False) -> list[Label]:
-    """The labels of the study's taxonomy (`taxonomy_for`): one query, then from the cache; `fresh` reads the
+    """The labels of the study's taxonomy (`taxonomy_labels`): one query, then from the cache; `fresh` reads the
     database (writes check against it: a label deleted a moment ago must not be stored)."""
     key = _labels_key(study.taxonomy_id)
+    now = time.monotonic()
+    kept = None if fresh else _labels_local.get(key)
+    if kept is not None and kept[0] > now:
+        return kept[1]
     labels: list[Label] | None = None if fresh else cache.get(key)
     if labels is None:
-        if study.taxonomy_id is not None:
-            rows = Label.objects.filter(taxonomy_id=study.taxonomy_id)
-        else:
-            rows = Label.objects.filter(taxonomy__slug=DEFAULT_TAXONOMY_SLUG)
-        labels = list(rows.select_related("taxonomy").order_by("order", "name"))
+        labels = list(taxonomy_labels(study).select_related("taxonomy").order_by("order", "name"))
         cache.set(key, labels, LABELS_CACHE_SECONDS)
+    _labels_local[key] = (now + LABELS_LOCAL_SECONDS, labels)
     return labels
 
 
 def labels_forget(*, instance: Label | Taxonomy, **_: object) -> None:
     """Forget the cached labels of the taxonomy a label or taxonomy belongs to (and the default's)."""
     taxonomy_id = instance.taxonomy_id if isinstance(instance, Label) else instance.pk
-    cache.delete_many([_labels_key(taxonomy_id), _labels_key(None)])
+    keys = [_labels_key(taxonomy_id), _labels_key(None)]
+    cache.delete_many(keys)
+    for key in keys:
+        _labels_local.pop(key, None)
 
 
-def tags_by_turn(*, turn_ids: Iterable[int], rater: User, task: str) -> dict[int, list[Tag]]:
+def labels_forget_all() -> None:
+    """Forget every process-local copy (tests roll back the labels they read)."""
+    _labels_local.clear()
+
+
+def tags_by_turn(*, turn_ids: Iterable[int], rater_id: int, task: str) -> dict[int, list[Tag]]:
     """The rater's tags (confirmed and pending suggestions) on these turns, by turn id."""
     found: dict[int, list[Tag]] = defaultdict(list)
     tags = (
-        Tag.objects.filter(turn_id__in=list(turn_ids), rater=rater, task=task)
+        Tag.objects.filter(turn_id__in=list(turn_ids), rater_id=rater_id, task=task)
         .exclude(status=Tag.Status.REJECTED)
         .select_related("label")
     )

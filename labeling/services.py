@@ -31,7 +31,7 @@ from labeling.selectors import (
     labels_for,
     qualification_state,
     reviewable_conversations,
-    taxonomy_for,
+    taxonomy_labels,
 )
 
 DEFAULT_TAXONOMY_FILE = Path(__file__).parent / "default_taxonomy.yaml"
@@ -207,7 +207,7 @@ def default_taxonomy() -> Taxonomy:
     """The shipped taxonomy (default_taxonomy.yaml), created if missing.
 
     A data migration creates it with the database; `setup_demo` and the tests call this to put it
-    back after it was deleted. Pages only ever read it (`selectors.taxonomy_for`).
+    back after it was deleted. Pages only ever read it (`selectors.taxonomy_labels`).
     """
     existing = Taxonomy.objects.filter(slug=DEFAULT_TAXONOMY_SLUG).first()
     return existing or taxonomy_from_yaml(DEFAULT_TAXONOMY_FILE.read_text())
@@ -254,16 +254,16 @@ def _activity(*, rater: User, turn: Turn, task: str) -> None:
 def _label(turn: Turn, label: int | str) -> Label:
     """The label by id (digits) or name. What could not be either is unknown, without a query: a NUL
     or "²" ("²".isdigit() is True, int("²") fails) must not reach the database."""
-    taxonomy = taxonomy_for(turn.conversation.study)
+    lookup: dict[str, int | str] | None
     if isinstance(label, int):
-        lookup: dict[str, int | str] = {"pk": label}
+        lookup = {"pk": label}
     elif is_id(label):
         lookup = {"pk": int(label)}
     elif unstorable(label) or len(label) > _max_length(Label, "name"):
-        taxonomy = None
+        lookup = None
     else:
         lookup = {"name": label}
-    found = taxonomy.labels.filter(**lookup).first() if taxonomy is not None else None
+    found = taxonomy_labels(turn.conversation.study).filter(**lookup).first() if lookup is not None else None
     if found is None:
         raise ActionRefused(f"Unknown label {label!r} for this study.")
     if not found.applies_to(turn.role):

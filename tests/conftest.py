@@ -29,7 +29,10 @@ def _fresh_cache() -> None:
     """Each test starts with an empty cache: a rolled-back test leaves cached rows (labels) that are gone."""
     from django.core.cache import cache
 
+    from labeling.selectors import labels_forget_all
+
     cache.clear()
+    labels_forget_all()
 
 
 @pytest.fixture(autouse=True)

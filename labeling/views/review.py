@@ -114,7 +114,7 @@ def review_detail(request: AppRequest, pk: int) -> HttpResponse:
     path = annotate_selectors.lived_path(conversation)
     on_path = {t.pk for t in path}
     labels = selectors.labels_for(study)
-    tags = selectors.tags_by_turn(turn_ids=[t.pk for t in turns], rater=request.user, task=Tag.Task.REVIEW)
+    tags = selectors.tags_by_turn(turn_ids=[t.pk for t in turns], rater_id=request.user.pk, task=Tag.Task.REVIEW)
     steps = selectors.review_vote_steps(conversation=conversation, rater=request.user, path=path)
     rows: list[dict[str, Any]] = [
         {

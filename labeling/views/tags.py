@@ -52,7 +52,7 @@ def _tag_bar(request: AppRequest, turn: Turn, task: str) -> HttpResponse:
     context = {
         "turn": turn,
         "task": task,
-        "tags": selectors.tags_by_turn(turn_ids=[turn.pk], rater=request.user, task=task).get(turn.pk, []),
+        "tags": selectors.tags_by_turn(turn_ids=[turn.pk], rater_id=request.user.pk, task=task).get(turn.pk, []),
         "labels": selectors.labels_for(turn.conversation.study),
         "linkable": _turns_above(turn),
         # as in the live session: only the latest message shows its label buttons unfolded
@@ -88,15 +88,18 @@ def tag_add(request: AppRequest) -> HttpResponse:
     label = _param(request, "label") or ""
     if not label:
         raise ActionRefused("Say which label to put on the turn.")
-    turn = Turn.objects.filter(pk=turn_id).only("text").first()
-    text = turn.text if turn else ""
+    span_start, span_end = _int(request, "span_start"), _int(request, "span_end")
+    if span_start is not None or span_end is not None:  # offsets in what the browser shows: map them onto the text
+        turn = Turn.objects.filter(pk=turn_id).only("text").first()
+        text = turn.text if turn else ""
+        span_start, span_end = _text_offset(text, span_start), _text_offset(text, span_end)
     tag = services.tag_add(
         rater=request.user,
         turn_id=turn_id,
         label=label,
         task=task,
-        span_start=_text_offset(text, _int(request, "span_start")),
-        span_end=_text_offset(text, _int(request, "span_end")),
+        span_start=span_start,
+        span_end=span_end,
         linked_turn_id=_int(request, "linked_turn"),
     )
     return _respond(request, tag.turn, tag.task)

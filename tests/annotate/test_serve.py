@@ -40,6 +40,10 @@ def test_serve_starts_web_and_workers_and_ctrl_c_stops_them_all(transactional_db
         assert any("uvicorn" in c and "--workers 2" in c for c in commands)
         assert any("celery" in c and "-Q generation " in c for c in commands)
         assert any("celery" in c and "-Q suggestions,exports " in c and "-B" in c for c in commands)
+        # Suggestions and exports yield the CPU to the web tier and generation
+        nice = {" ".join(c.cmdline()): c.nice() for c in children}
+        assert all(n == 10 for c, n in nice.items() if "-Q suggestions,exports " in c), nice
+        assert all(n == 0 for c, n in nice.items() if "uvicorn" in c or "-Q generation " in c), nice
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=10) as response:
             assert response.status == 200
 

@@ -14,6 +14,7 @@ from django.urls import reverse
 
 from annotate import selectors, services
 from annotate.models import Comparison, Turn
+from labeling.selectors import labels_forget_all
 from tests.helpers import HTMX, choose, finish_candidates
 
 pytestmark = pytest.mark.django_db
@@ -254,6 +255,7 @@ def test_a_message_and_a_vote_answer_with_what_changed_in_bounded_queries(client
         client.force_login(conversation.rater)
         _talk(client, conversation, turns)
         cache.clear()  # both sizes cold: the labels are read once, then cached
+        labels_forget_all()
         with CaptureQueriesContext(connection) as queries:
             sent, voted = _message_and_vote(client, conversation)
         assert sent.status_code == voted.status_code == 200

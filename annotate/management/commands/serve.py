@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -96,6 +97,11 @@ def server_connection_limits() -> tuple[int, int]:
         )
         max_connections, superuser, reserved = cursor.fetchone()
     return int(max_connections), int(superuser) + int(reserved)
+
+
+# Suggestions and exports yield the CPU to raters' requests and generation (a suggestion may come a little
+# later under load; a vote must not wait behind an embedding). Beat shares that process: its sweeps are light.
+NICENESS = {"suggestions/exports worker": 10}
 
 
 def process_commands(
@@ -215,7 +221,10 @@ class Command(BaseCommand):
         )
         envs = process_envs(env, preload)
         processes = {
-            role: subprocess.Popen(cmd, env=envs[role], cwd=settings.BASE_DIR) for role, cmd in commands.items()
+            role: subprocess.Popen(
+                cmd, env=envs[role], cwd=settings.BASE_DIR, preexec_fn=partial(os.nice, NICENESS.get(role, 0))
+            )
+            for role, cmd in commands.items()
         }
         stopping = False
         announced = False
