@@ -31,6 +31,8 @@ $(SECRET_KEY_FILE):
 	@(umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))' > $@.tmp) && mv $@.tmp $@
 	@echo "Generated the secret key in $@ (kept for later runs; SECRET_KEY=... overrides it)"
 
+# setup_demo creates what is missing and keeps admin edits; `manage.py setup_demo --reset` puts the demo back as
+# shipped. prepare_models says "first time: 1-2 minutes" only while the model still has to be converted.
 run: install $(SECRET_KEY_FILE)  ## Set up everything (SQLite, filesystem broker, bundled Gemma) and serve on :8000
 	$(WITH_KEY) $(PY) manage.py migrate --noinput
 	$(WITH_KEY) $(PY) manage.py setup_demo

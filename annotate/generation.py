@@ -28,6 +28,7 @@ from workers.backends import (
     OnText,
     backend_for,
     generate_all,
+    model_ready,
     runs_locally,
 )
 
@@ -118,6 +119,10 @@ def _generate(turn_id: int, attempt: int, *, redelivered: bool) -> str:
     writers = [_text_writer(held[t.pk], t.pk, a) for t, a in group]
     requests = [_request_for(t) for t, _ in group]
     backend = backend_for(turn.model_config)
+    if not model_ready(turn.model_config):  # a load takes up to a minute: the raters see that, not silence
+        ids = [t.pk for t, _ in group]
+        Turn.objects.filter(pk__in=ids, status=Turn.Status.STREAMING).update(note=MODEL_LOADING_NOTE)
+        live.announce(ids)
     connection_between_writes()  # the model takes a while: hold no connection meanwhile
     try:
         results = generate_all(backend, requests, writers)
@@ -130,6 +135,9 @@ def _generate(turn_id: int, attempt: int, *, redelivered: bool) -> str:
     else:
         outcomes = [_finish(held[t.pk], t.pk, result) for (t, _), result in zip(group, results, strict=True)]
     return outcomes[0]  # this task's own reply; the riders' outcomes are in their rows
+
+
+MODEL_LOADING_NOTE = "loading the model (the first reply after a start takes up to a minute)"
 
 
 # A reply sampled in another's batch is marked in `claimed_by`: its own task then has nothing to do.
@@ -210,6 +218,7 @@ def _text_writer(mine: QuerySet[Turn], turn_id: int, attempt: int) -> OnText:
         fields: dict[str, object] = {"text": text, "heartbeat_at": now}
         if not first_token_written:
             fields["first_token_at"] = now
+            fields["note"] = ""  # the model is loaded: the text speaks for itself
             first_token_written = True
         last_write = clock
         held = mine.update(**fields) == 1
@@ -235,7 +244,7 @@ def _request_for(turn: Turn) -> GenerationRequest:
 
 def _fail(mine: QuerySet[Turn], turn_id: int, error: str) -> str:
     """Mark the turn failed with a message the rater sees (they may retry), if this attempt still holds it."""
-    if mine.update(status=Turn.Status.FAILED, error=error[:2000], finished_at=timezone.now()):
+    if mine.update(status=Turn.Status.FAILED, error=error[:2000], note="", finished_at=timezone.now()):
         live.announce([turn_id])
     return "failed"
 
@@ -249,6 +258,7 @@ def _finish(mine: QuerySet[Turn], turn_id: int, result: GenerationResult) -> str
     finished = mine.update(
         status=Turn.Status.DONE,
         text=result.text,
+        note="",
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
         finished_at=timezone.now(),

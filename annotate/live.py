@@ -42,11 +42,18 @@ def channel() -> str:
 
 RESYNC = "resync"  # put in every listener's queue when the feed (re)connects: updates may have been lost
 FINISHED = (Turn.Status.DONE, Turn.Status.FAILED)
-STATE_FIELDS = ("id", "status", "text", "heartbeat_at", "attempt")  # the columns `turn_state` takes
+STATE_FIELDS = ("id", "status", "text", "heartbeat_at", "attempt", "note")  # the columns `turn_state` takes
 
 
 def turn_state(
-    *, id: int, status: str, text: str, heartbeat_at: datetime | None, attempt: int, ahead: int | None = None
+    *,
+    id: int,
+    status: str,
+    text: str,
+    heartbeat_at: datetime | None,
+    attempt: int,
+    ahead: int | None = None,
+    note: str = "",
 ) -> dict[str, Any]:
     """What a stream sends about a turn. Raters get the generic error; the detail (Turn.error) is for staff.
     `attempt` above 1 means the reply was started again (a worker stopped, or the rater retried it); `ahead`, for
@@ -59,6 +66,7 @@ def turn_state(
         "t": heartbeat_at.timestamp() if heartbeat_at else None,
         "attempt": attempt,
         "ahead": ahead,
+        "note": note,  # e.g. the model is loading
     }
 
 

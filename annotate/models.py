@@ -36,6 +36,24 @@ class Study(models.Model):
     review_all_branches = models.BooleanField(
         default=False, help_text="Review pass: tag every branch, not only the lived path."
     )
+    # Blind by default: names and earlier choices a rater or reviewer sees bias what they judge next.
+    show_model_names = models.BooleanField(
+        default=False, help_text="Raters see which model wrote each reply. Off (the default): replies are anonymous."
+    )
+    reviewers_see_choice = models.BooleanField(
+        default=False, help_text="Review pass: reviewers see which reply the original rater chose. Off: they do not."
+    )
+
+    class TiePolicy(models.TextChoices):
+        PICK = "pick", "The rater picks the reply the conversation goes on from"
+        REWRITE = "rewrite", "The rater writes the reply the conversation goes on from"
+
+    tie_policy = models.CharField(
+        max_length=10,
+        choices=TiePolicy.choices,
+        default=TiePolicy.PICK,
+        help_text="After “tie” or “both bad”: what the conversation goes on from.",
+    )
     overlap = models.PositiveSmallIntegerField(default=1, help_text="Raters per scenario.")
     is_active = models.BooleanField(default=True)
     # --- assignment -------------------------------------------------------------------------
@@ -189,6 +207,8 @@ class Turn(models.Model):
     client_key = models.UUIDField(null=True, blank=True, unique=True, help_text="Idempotency key of a user POST.")
     attempt = models.PositiveSmallIntegerField(default=0, help_text="How many times a worker claimed it.")
     claimed_by = models.CharField(max_length=200, blank=True)
+    # What the rater is told while the reply has no text yet (the model is loading), cleared at the first token.
+    note = models.CharField(max_length=200, blank=True, default="")
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -393,11 +393,14 @@ def comparison_record(
     strength: str = "",
     reason: str = "",
     rewrite_text: str = "",
+    continue_from_id: int | None = None,
     idempotency_key: uuid.UUID,
 ) -> Comparison:
     """Record the rater's choice among the candidates; the conversation continues from it.
 
-    Idempotent on `idempotency_key`: a resend returns the comparison already stored.
+    After "tie" or "both bad" no reply is preferred: the study's `tie_policy` says what it goes on from, the
+    reply the rater picks (`continue_from_id`) or the rater's rewrite. Idempotent on `idempotency_key`: a resend
+    returns the comparison already stored.
     """
     existing = _live_vote_stored(conversation, idempotency_key)
     if existing is not None:
@@ -413,7 +416,10 @@ def comparison_record(
     )
     # Never from a planted attention check: a rater who chose it goes on from the first real reply.
     real = [c for c in candidates if not c.is_attention_check]
-    continued_from = chosen if chosen is not None and not chosen.is_attention_check else real[0]
+    if chosen is None:  # tie or both bad
+        continued_from = _tie_continuation(conversation.study, candidates, continue_from_id, rewrite_text)
+    else:
+        continued_from = chosen if not chosen.is_attention_check else real[0]
     if rewrite_text.strip():
         continued_from = _rewrite_create(
             conversation, parent, base=continued_from, text=rewrite_text, position=len(candidates)
@@ -438,6 +444,32 @@ def comparison_record(
     conversation.last_activity_at = timezone.now()
     conversation.save(update_fields=["head", "last_activity_at"])
     return comparison
+
+
+def rewrite_limit(study: Study) -> int:
+    """The longest rewrite a rater may write: replies run longer than messages."""
+    return study.max_message_chars * 4
+
+
+def _tie_continuation(study: Study, candidates: list[Turn], continue_from_id: int | None, rewrite_text: str) -> Turn:
+    """What a conversation goes on from after "tie" or "both bad", as the study's `tie_policy` says: the reply
+    the rater picked, or (policy "rewrite") the rater's rewrite of it (of the first reply when none was picked).
+    Silently going on from reply A would give it a win nobody voted for. A planted attention check is offered
+    like any reply (not offering it would give it away) but never gone on from."""
+    real = [c for c in candidates if not c.is_attention_check]
+    picked = next((c for c in candidates if c.pk == continue_from_id), None)
+    if continue_from_id is not None and picked is None:
+        raise ActionRefused("Pick one of the replies shown to go on from.")
+    if picked is not None and picked.is_attention_check:
+        picked = real[0]
+    if study.tie_policy == Study.TiePolicy.REWRITE:
+        if not rewrite_text.strip():
+            raise ActionRefused(
+                "After “tie” or “both bad” this study asks you to write the reply the conversation goes on from."
+            )
+    elif picked is None and not rewrite_text.strip():
+        raise ActionRefused("After “tie” or “both bad”, say which reply the conversation goes on from.")
+    return picked or real[0]
 
 
 def _live_vote_stored(conversation: Conversation, idempotency_key: uuid.UUID) -> Comparison | None:
@@ -480,7 +512,7 @@ def _rewrite_create(conversation: Conversation, parent: Turn, *, base: Turn, tex
         role=Turn.Role.ASSISTANT,
         depth=base.depth,
         position=position,
-        text=clean_text(text, limit=conversation.study.max_message_chars * 4, what="rewrite"),
+        text=clean_text(text, limit=rewrite_limit(conversation.study), what="rewrite"),
         status=Turn.Status.DONE,
         model_config=base.model_config,
         is_rewrite=True,
@@ -697,42 +729,57 @@ DEMO_CONFIGS = [
 ]
 
 
-@transaction.atomic
-def demo_setup() -> dict[str, str]:
-    """Create (or refresh) the demo study, its model pool, scenarios and accounts.
+# The demo study as shipped.
+DEMO_STUDY_SLUG = "demo"
+DEMO_STUDY = {
+    "name": "Demo: under-specified requests",
+    "instructions": (
+        "Play the situation on the left. Reveal what you really want only when the assistant asks. "
+        "At each turn, pick the reply that helps the conversation most, not the one that sounds best."
+    ),
+    "candidates_per_turn": 2,
+    "max_user_turns": 6,
+    "overlap": 50,
+}
 
-    Returns the account passwords, which are reset to the demo values every time.
-    """
+
+@transaction.atomic
+def demo_setup(*, reset: bool = False) -> dict[str, str | None]:
+    """The demo: two Gemma 3 270M configs, the study with its scenarios, the accounts 'admin' and 'rater'. What
+    is missing is created; what exists is left as it is, so an admin's edits (turn limit, instructions, a system
+    prompt, a password) survive `make run`, which calls this every start. `reset` puts the configs, the study,
+    its shipped scenarios and the passwords back as shipped. Returns each account's password when it was set
+    now, None when kept. (`labeling.services.demo_setup` adds the default taxonomy.)"""
     configs = []
     for spec in DEMO_CONFIGS:
-        config, _ = ModelConfig.objects.update_or_create(
-            name=spec["name"],
-            defaults={**spec, "backend": ModelConfig.Backend.TRANSFORMERS, "model_path": "gemma3-270m"},
-        )
+        fields = {**spec, "backend": ModelConfig.Backend.TRANSFORMERS, "model_path": "gemma3-270m"}
+        if reset:
+            config, _ = ModelConfig.objects.update_or_create(name=spec["name"], defaults=fields)
+        else:
+            config, _ = ModelConfig.objects.get_or_create(name=spec["name"], defaults=fields)
         configs.append(config)
-    study, _ = Study.objects.update_or_create(
-        slug="demo",
-        defaults={
-            "name": "Demo: under-specified requests",
-            "instructions": (
-                "Play the situation on the left. Reveal what you really want only when the assistant asks. "
-                "At each turn, pick the reply that helps the conversation most, not the one that sounds best."
-            ),
-            "candidates_per_turn": 2,
-            "max_user_turns": 6,
-            "overlap": 50,
-        },
-    )
-    study.model_pool.set(configs)
+    if reset:
+        study, created = Study.objects.update_or_create(slug=DEMO_STUDY_SLUG, defaults=DEMO_STUDY)
+    else:
+        study, created = Study.objects.get_or_create(slug=DEMO_STUDY_SLUG, defaults=DEMO_STUDY)
+    if reset or created:
+        study.model_pool.set(configs)
     rows = scenario_rows_read(name=DEMO_SCENARIOS.name, data=DEMO_SCENARIOS.read_bytes())
-    scenarios_import(study=study, rows=rows)
+    if not reset:  # only the scenarios missing (by external id): an edited one stays as edited
+        have = set(study.scenarios.values_list("external_id", flat=True))
+        rows = [row for row in rows if str(row.get("external_id") or row.get("id")) not in have]
+    if rows:
+        scenarios_import(study=study, rows=rows)
+    passwords: dict[str, str | None] = {}
     users = get_user_model()
     for username, password in DEMO_ACCOUNTS.items():
-        user, _ = users.objects.get_or_create(username=username)
-        user.is_staff = user.is_superuser = username == "admin"
-        user.set_password(password)
-        user.save()
-    return dict(DEMO_ACCOUNTS)
+        user, created = users.objects.get_or_create(username=username)
+        passwords[username] = password if created or reset else None
+        if created or reset:
+            user.is_staff = user.is_superuser = username == "admin"
+            user.set_password(password)
+            user.save()
+    return passwords
 
 
 # --- recovery: no reply stays stuck (docs/architecture.md, "Reliability") --------------------------

@@ -11,6 +11,7 @@ import uuid
 from typing import Any, cast
 
 from asgiref.sync import sync_to_async
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -57,6 +58,7 @@ def _session_context(
         "request_key": uuid.uuid4(),
         "error": error,
         "goal_choices": Conversation.Goal.choices,
+        "rewrite_max_chars": services.rewrite_limit(conversation.study),
     }
     # What higher layers show in the session (labeling: the tag bars' labels and the rater's tags).
     turns = [*(path if shown is None else shown), *candidates]
@@ -69,24 +71,27 @@ def _session_context(
 _CHANGING = [f.name for f in Conversation._meta.concrete_fields if f.name not in ("id", "study", "scenario", "rater")]
 
 
-def _respond(request: AppRequest, conversation: Conversation) -> HttpResponse:
+def _respond(request: AppRequest, conversation: Conversation, notice: str = "") -> HttpResponse:
     """After a successful action: for htmx, what changed (the composer, and out of band the turns the path gained
     since the form was shown: `_session_update.html`), or the whole session when the page did not say what it
     shows or shows another branch (a stale tab); a redirect for a plain form."""
     if not request.htmx:
+        if notice:
+            messages.info(request, notice)
         return redirect("annotate:conversation", pk=conversation.pk)
     conversation.refresh_from_db(fields=_CHANGING)  # study, scenario and rater stay as read (no queries)
     path = selectors.lived_path(conversation)
     new_turns = _turns_after(path, request.POST.get("shown"))
     if new_turns is None:
-        response = render(request, "annotate/_session.html", _session_context(conversation, path=path))
+        context = _session_context(conversation, path=path)
+        response = render(request, "annotate/_session.html", {**context, "notice": notice})
         return reswap(retarget(response, "#session"), "outerHTML")
     # A new message folds the feedback buttons of the message before it (only the latest shows them unfolded).
     first_new_user = next((t for t in new_turns if t.role == Turn.Role.USER), None)
     earlier_users = [t for t in path[: len(path) - len(new_turns)] if t.role == Turn.Role.USER and t.depth > 0]
     refolded = earlier_users[-1:] if first_new_user is not None else []
     context = _session_context(conversation, path=path, shown=[*new_turns, *refolded])
-    context.update(new_turns=new_turns, refolded=refolded, first_turns=len(new_turns) == len(path) > 0)
+    context.update(new_turns=new_turns, refolded=refolded, first_turns=len(new_turns) == len(path) > 0, notice=notice)
     return render(request, "annotate/_session_update.html", context)
 
 
@@ -101,6 +106,16 @@ def _turns_after(path: list[Turn], shown: str | None) -> list[Turn] | None:
     if not is_id(shown) or int(shown) not in ids:
         return None
     return path[ids.index(int(shown)) + 1 :]
+
+
+def _session_refreshed(request: AppRequest, exc: ActionRefused, pk: int, **_: Any) -> HttpResponse:
+    """An htmx action refused because the page was stale (409: a vote already cast in another tab, replies no
+    longer awaiting a choice): the whole current session with the message, so the tab catches up."""
+    conversation = _conversation_for(request, pk)
+    if conversation.status != Conversation.Status.ACTIVE:
+        return refused_fragment(request, exc)
+    response = render(request, "annotate/_session.html", _session_context(conversation, exc.message), status=exc.status)
+    return reswap(retarget(response, "#session"), "outerHTML")
 
 
 def _session_page(request: AppRequest, exc: ActionRefused, pk: int, **_: Any) -> HttpResponse:
@@ -153,7 +168,7 @@ def conversation_detail(request: AppRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-@answers_refusals(page=_session_page)
+@answers_refusals(page=_session_page, stale=_session_refreshed)
 @rate_limited("messages")
 def message_send(request: AppRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
@@ -167,7 +182,7 @@ def message_send(request: AppRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-@answers_refusals(page=_session_page)
+@answers_refusals(page=_session_page, stale=_session_refreshed)
 @rate_limited("votes")
 def vote(request: AppRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
@@ -176,7 +191,7 @@ def vote(request: AppRequest, pk: int) -> HttpResponse:
     chosen_id = None
     if is_id(choice):  # the form sends a candidate's id for "this one is better"
         chosen_id, choice = int(choice), Comparison.Choice.CANDIDATE
-    services.comparison_record(
+    comparison = services.comparison_record(
         conversation=conversation,
         rater=request.user,
         parent_id=parse_int(post.get("parent"), name="parent") or 0,
@@ -185,14 +200,24 @@ def vote(request: AppRequest, pk: int) -> HttpResponse:
         strength=post.get("strength", ""),
         reason=post.get("reason", ""),
         rewrite_text=post.get("rewrite", "") if post.get("use_rewrite") else "",
+        continue_from_id=parse_int(post.get("continue_from"), name="continue_from"),
         idempotency_key=parse_request_key(post.get("idempotency_key")),
     )
-    return _respond(request, conversation)
+    return _respond(request, conversation, notice=_tie_notice(comparison))
+
+
+def _tie_notice(comparison: Comparison) -> str:
+    """After "tie" or "both bad" the rater is told what the conversation goes on from (nothing was preferred)."""
+    if comparison.chosen_id is not None or comparison.continued_from is None:
+        return ""
+    continued = comparison.continued_from
+    what = "your rewrite" if continued.is_rewrite else f"Reply {continued.label}"
+    return f"You chose “{comparison.get_choice_display()}”: the conversation goes on from {what}."
 
 
 @login_required
 @require_POST
-@answers_refusals(page=_session_page)
+@answers_refusals(page=_session_page, stale=_session_refreshed)
 def turn_retry(request: AppRequest, pk: int, turn_id: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
     services.turn_retry(conversation=conversation, turn_id=turn_id)
@@ -201,7 +226,7 @@ def turn_retry(request: AppRequest, pk: int, turn_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-@answers_refusals(page=_session_page)
+@answers_refusals(page=_session_page, stale=_session_refreshed)
 def conversation_finish(request: AppRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
     services.conversation_finish(
@@ -223,17 +248,20 @@ def conversation_finish(request: AppRequest, pk: int) -> HttpResponse:
 @require_GET
 def transcript(request: AppRequest, pk: int) -> HttpResponse:
     conversation = _conversation_for(request, pk)
-    return render(
-        request,
-        "annotate/transcript.html",
-        {
-            "conversation": conversation,
-            "steps": selectors.transcript(conversation),
-            "expired_message": services.expired_message(conversation.study)
-            if conversation.status == Conversation.Status.EXPIRED
-            else "",
-        },
-    )
+    steps = selectors.transcript(conversation)
+    context: dict[str, Any] = {
+        "conversation": conversation,
+        "study": conversation.study,
+        "steps": steps,
+        "expired_message": services.expired_message(conversation.study)
+        if conversation.status == Conversation.Status.EXPIRED
+        else "",
+    }
+    # The rater's own tags, shown on each turn (labeling adds them, as for the session).
+    turns = [turn for step in steps for turn in (step["user"], *cast(list[Turn], step["replies"]))]
+    for _, extra in signals.session_rendering.send(sender=Conversation, conversation=conversation, turns=turns):
+        context.update(cast(dict[str, Any], extra))
+    return render(request, "annotate/transcript.html", context)
 
 
 # --- streaming ---------------------------------------------------------------------------

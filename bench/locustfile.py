@@ -413,12 +413,14 @@ class Rater(FastHttpUser):
             turn, label = random.choice(labels)
             self._request("POST", "/tags/", "tag", data={"turn": turn, "task": "live", "label": label}, htmx=True)
         choice = str(random.choice(list(candidates))) if random.random() < 0.9 else "tie"
+        go_on = str(random.choice(list(candidates)))  # after a tie: the reply the conversation goes on from
         form = {
             "parent": _field(html, "parent") or "",
             "idempotency_key": _field(html, "idempotency_key") or str(uuid.uuid4()),
             "choice": choice,
             "strength": random.choice(["slight", "clear"]),
             "reason": "",
+            "continue_from": go_on,
         }
         _shown(form, html)
         key = form["idempotency_key"]

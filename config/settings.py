@@ -86,6 +86,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "core.middleware.FreshPagesMiddleware",
     # No free database connection (pool timeout, server restarting): 503 with Retry-After, not a 500.
     "core.middleware.DatabaseUnavailableMiddleware",
     # Last, as django-axes asks: turns a locked-out login into the lock-out page.

@@ -59,21 +59,30 @@ def with_refusal_headers(response: HttpResponse, exc: ActionRefused) -> HttpResp
 
 
 def refused_response(
-    request: HttpRequest, exc: ActionRefused, *, page: FullPage | None = None, **view_kwargs: Any
+    request: HttpRequest,
+    exc: ActionRefused,
+    *,
+    page: FullPage | None = None,
+    stale: FullPage | None = None,
+    **view_kwargs: Any,
 ) -> HttpResponse:
-    """htmx: the fragment; otherwise `page(request, exc, **view_kwargs)` or the error page."""
+    """htmx: the fragment, or for a conflict (409: the page is stale) `stale(request, exc, **view_kwargs)`, which
+    brings the page up to date; otherwise `page(request, exc, **view_kwargs)` or the error page."""
     if getattr(request, "htmx", False):
+        if stale is not None and exc.status == 409:
+            return with_refusal_headers(stale(request, exc, **view_kwargs), exc)
         return refused_fragment(request, exc)
     if page is not None:
         return with_refusal_headers(page(request, exc, **view_kwargs), exc)
     return refused_page(request, exc)
 
 
-def answers_refusals(view: View | None = None, *, page: FullPage | None = None) -> Any:
+def answers_refusals(view: View | None = None, *, page: FullPage | None = None, stale: FullPage | None = None) -> Any:
     """Decorate a view so an `ActionRefused` it raises becomes `refused_response`.
 
     ``@answers_refusals`` alone shows plain posts the error page; ``@answers_refusals(page=f)``
-    calls ``f(request, exc, **view_kwargs)`` for them instead.
+    calls ``f(request, exc, **view_kwargs)`` for them instead, and ``stale=g`` answers htmx conflicts (409)
+    with ``g(request, exc, **view_kwargs)``.
     """
 
     def decorate(func: View) -> View:
@@ -82,7 +91,7 @@ def answers_refusals(view: View | None = None, *, page: FullPage | None = None) 
             try:
                 return func(request, *args, **kwargs)
             except ActionRefused as exc:
-                return refused_response(request, exc, page=page, **kwargs)
+                return refused_response(request, exc, page=page, stale=stale, **kwargs)
 
         return cast(View, wrapper)
 

@@ -25,7 +25,8 @@ Choices, each as simple as the data allows:
   value = the chosen reply's id, "tie" or "all_bad", and the number of unanimous turns. Strength is
   left out: "B, slight" and "B, clear" agree;
 * grounding rate: finished model replies (chosen or not, rewrites excluded) with at least one
-  confirmed grounding-kind tag from anyone, per 100 replies, by model config; the human
+  confirmed grounding-kind tag from anyone, per 100 replies, by model config (labels of kind
+  behaviour, such as over-response or topic switch, are no grounding act and do not count); the human
   baseline is the same rate over the raters' own user turns. Untagged turns count as "no act",
   for replies and user turns alike.
 
@@ -160,6 +161,35 @@ class StudyDashboard:
     user_baseline: GroundingRate
     excluded_raters: int = 0  # excluded raters in the study (left out unless include_excluded)
     include_excluded: bool = False
+
+
+@dataclass(frozen=True)
+class KindGroup:
+    """The labels of one kind, for the page's labels table: grounding acts apart from non-grounding behaviours
+    (an over-response is worth counting, but only grounding acts make the grounding rate)."""
+
+    kind: str
+    title: str
+    rows: list[LabelFigures]
+
+
+KIND_TITLES: dict[str, str] = {
+    Label.Kind.GROUNDING: "Grounding acts (counted in the grounding rates)",
+    Label.Kind.BEHAVIOUR: "Non-grounding behaviours (not counted in the grounding rates)",
+    Label.Kind.FEEDBACK: "Implicit feedback signals",
+    Label.Kind.OTHER: "Other",
+}
+
+
+def labels_by_kind(rows: list[LabelFigures]) -> list[KindGroup]:
+    """`rows` grouped by their label's kind, in the kinds' declared order (each group in the taxonomy's order);
+    kinds without labels are left out."""
+    groups = [
+        KindGroup(kind=kind, title=KIND_TITLES.get(kind, str(label)), rows=[r for r in rows if r.label.kind == kind])
+        for kind, label in Label.Kind.choices
+    ]
+    unknown = [r for r in rows if r.label.kind not in Label.Kind.values]  # a kind no longer declared
+    return [group for group in groups if group.rows] + ([KindGroup("", "Other", unknown)] if unknown else [])
 
 
 def study_dashboard(*, study: Study, include_excluded: bool = False, reference: bool = False) -> StudyDashboard:

@@ -1,4 +1,4 @@
-"""Taxonomies of grounding acts and feedback signals, the tags raters put on turns, review tasks."""
+"""Taxonomies of grounding acts, other behaviours and feedback signals, the tags raters put on turns, review tasks."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ class Taxonomy(models.Model):
 
 class Label(models.Model):
     class Kind(models.TextChoices):
+        # Only grounding acts count in grounding rates (dashboard, `multiturn` export); a behaviour such as an
+        # over-response is worth tagging but is no act of grounding.
         GROUNDING = "grounding", "Grounding act"
+        BEHAVIOUR = "behaviour", "Non-grounding behaviour (over-response, topic switch…)"
         FEEDBACK = "feedback", "Implicit feedback signal"
         OTHER = "other", "Other"
 
@@ -57,6 +60,11 @@ class Label(models.Model):
 
     def applies_to(self, role: str) -> bool:
         return self.roles in (self.Roles.BOTH, role)
+
+    def offered_on(self, role: str, depth: int) -> bool:
+        """Whether a turn of this role and depth can take the label: a feedback signal reacts to a reply before
+        it, which the first message does not have."""
+        return self.applies_to(role) and not (depth == 0 and self.kind == self.Kind.FEEDBACK)
 
     @cached_property
     def tooltip(self) -> str:

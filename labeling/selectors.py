@@ -125,6 +125,49 @@ def review_overview(rater: User) -> list[dict[str, object]]:
     return rows
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def review_empty_reasons(rater: User) -> list[str]:
+    """Why the rater has nothing to review (when `review_overview` is empty), from the data: the finished
+    conversations of the active studies with a review pass, by what keeps each from them. A rater told only
+    "nothing to review" cannot tell a quiet study from a rule (their own conversations are never offered)."""
+    studies = list(Study.objects.filter(is_active=True, review_overlap__gt=0).order_by("name"))
+    if not studies:
+        return ["No open study has a review pass."]
+    finished = own = excluded = reviewed = full = 0
+    for study in studies:
+        done = Conversation.objects.filter(study=study, status=Conversation.Status.COMPLETED)
+        finished += done.count()
+        own += done.filter(rater=rater).count()
+        others = done.exclude(rater=rater)
+        excluded += others.filter(rater_id__in=excluded_raters(study)).count()
+        others = others.exclude(rater_id__in=excluded_raters(study))
+        reviewed += others.filter(reviews__rater=rater).distinct().count()
+        full += others.exclude(reviews__rater=rater).count()  # nothing claimable is left: all have their reviews
+    if not finished:
+        return ["No conversation has been finished yet: a conversation is offered for review once its rater ends it."]
+    reasons = []
+    if own:
+        reasons.append(
+            f"{_count(own, 'finished conversation is', 'finished conversations are')} your own: nobody reviews "
+            "their own conversations."
+        )
+    if reviewed:
+        reasons.append(
+            f"You have already reviewed {_count(reviewed, 'conversation', 'conversations')} (each is offered to "
+            "you once, an expired review included)."
+        )
+    if full:
+        reasons.append(
+            f"{_count(full, 'conversation has', 'conversations have')} all the reviewers the study asks for."
+        )
+    if excluded:
+        reasons.append(f"{_count(excluded, 'conversation is', 'conversations are')} by raters excluded from the study.")
+    return reasons
+
+
 def rater_reviews(rater: User) -> QuerySet[ReviewAssignment]:
     return ReviewAssignment.objects.filter(rater=rater).select_related("conversation__study", "conversation__scenario")
 

@@ -18,7 +18,13 @@ from django.utils import timezone
 from annotate.models import Comparison, Conversation, Participant, Study, Turn
 from annotate.panel import participant_screen_out
 from annotate.selectors import studies_by_timeout
-from annotate.services import comparison_clean, conversation_touch, expired_message, gold_passed_add
+from annotate.services import (
+    comparison_clean,
+    conversation_touch,
+    expired_message,
+    gold_passed_add,
+)
+from annotate.services import demo_setup as annotate_demo_setup
 from core.errors import ActionRefused
 from core.tasks import task_send
 from core.validation import check_storable, check_structure, is_id, parse_json, parse_yaml, unstorable
@@ -268,6 +274,8 @@ def _label(turn: Turn, label: int | str) -> Label:
         raise ActionRefused(f"Unknown label {label!r} for this study.")
     if not found.applies_to(turn.role):
         raise ActionRefused(f"“{found.title}” is not used on {turn.role} turns.")
+    if not found.offered_on(turn.role, turn.depth):
+        raise ActionRefused(f"“{found.title}” reacts to an earlier reply: the first message has none.")
     return found
 
 
@@ -786,3 +794,14 @@ def dashboard_refresh_request(*, study: Study, include_excluded: bool, now: date
     if claimed:
         transaction.on_commit(lambda: task_send(DASHBOARD_REFRESH_TASK, study.pk, include_excluded))
     return bool(claimed)
+
+
+# --- the demo ---------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def demo_setup(*, reset: bool = False) -> dict[str, str | None]:
+    """The demo (`annotate.services.demo_setup`: created when missing, put back as shipped with `reset`) and the
+    default taxonomy its study tags with (only ever created when missing: every study without one shares it)."""
+    default_taxonomy()
+    return annotate_demo_setup(reset=reset)

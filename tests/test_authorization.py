@@ -100,6 +100,8 @@ TABLE: dict[str, Row] = {
     # --- log in / out
     "login": Row("/accounts/login/", everybody(200)),
     "logout": Row("/accounts/logout/", everybody(302), method="post", logs_out=True),
+    # the icon browsers ask for on every page: a redirect to the static file
+    "favicon": Row("/favicon.ico", everybody(302)),
     # --- rating session (annotate)
     "annotate:home": Row("/", anyone(200)),
     "annotate:study_start": Row("/studies/{study_slug}/start/", anyone(302), method="post"),
@@ -111,7 +113,7 @@ TABLE: dict[str, Row] = {
         "/c/{voting}/vote/",
         owned(302),
         method="post",
-        data={"parent": "{user_turn}", "choice": "tie", "idempotency_key": "{uuid}"},
+        data={"parent": "{user_turn}", "choice": "tie", "continue_from": "{reply_a}", "idempotency_key": "{uuid}"},
     ),  # fmt: skip
     "annotate:turn_retry": Row("/c/{voting}/turns/{reply_a}/retry/", owned(302), method="post"),
     "annotate:finish": Row("/c/{ready}/finish/", owned(302), method="post", data={"goal": "yes", "understanding": "4"}),

@@ -135,11 +135,36 @@ class _file_lock:
         self.handle.close()
 
 
+def _converted_path(gguf_file: str, digest: str) -> Path:
+    """Where a GGUF model's de-quantised copy lives in the cache."""
+    return Path(settings.MODEL_CACHE_DIR) / "converted" / f"{Path(gguf_file).stem}-{digest[:12]}"
+
+
+def _local_gguf_digest(path: Path) -> str:
+    """A GGUF file of one's own is known by its path, size and time (hashing gigabytes on every start would not do)."""
+    stat = path.stat()
+    return hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+
+
+def model_prepared(model_path: str, gguf_file: str = "") -> bool:
+    """Whether `resolve_model_dir` will find the model ready without converting it (`prepare_models` says how
+    long a first conversion takes only when there is one)."""
+    if model_path in BUNDLED_MODELS:
+        package = importlib.import_module(BUNDLED_MODELS[model_path])
+        if not (Path(settings.MODEL_CACHE_DIR) / "gguf" / package.MODEL_NAME).exists():
+            return False
+        return (_converted_path(package.MODEL_NAME, package.EXPECTED_SHA256) / "config.json").exists()
+    if gguf_file:
+        path = Path(model_path).expanduser() / gguf_file
+        return path.exists() and (_converted_path(gguf_file, _local_gguf_digest(path)) / "config.json").exists()
+    return True  # a transformers directory: nothing to convert
+
+
 def _converted_dir(directory: Path, gguf_file: str, digest: str) -> Path:
     """De-quantise a GGUF model once into a safetensors directory and return it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target = Path(settings.MODEL_CACHE_DIR) / "converted" / f"{Path(gguf_file).stem}-{digest[:12]}"
+    target = _converted_path(gguf_file, digest)
     if (target / "config.json").exists():
         return target
     with _file_lock(target.parent / f".{target.name}.lock"):
@@ -172,9 +197,7 @@ def resolve_model_dir(model_path: str, gguf_file: str = "") -> Path:
     if not directory.exists():
         raise GenerationError(f"Model path {directory} does not exist")
     if gguf_file:
-        stat = (directory / gguf_file).stat()
-        digest = hashlib.sha256(f"{directory / gguf_file}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-        return _converted_dir(directory, gguf_file, digest)
+        return _converted_dir(directory, gguf_file, _local_gguf_digest(directory / gguf_file))
     return directory
 
 
@@ -414,6 +437,14 @@ class OpenAIBackend:
             prompt_tokens=(usage or {}).get("prompt_tokens"),
             completion_tokens=(usage or {}).get("completion_tokens", chunks),
         )
+
+
+def model_ready(config: Any) -> bool:
+    """Whether a reply from this config can start at once: a model server is always ready; a local model only
+    once this process has loaded it."""
+    if config.backend == "openai":
+        return True
+    return (config.model_path, config.gguf_file) in _LOADED
 
 
 def backend_for(config: Any) -> Backend:

@@ -15,9 +15,9 @@ EXCERPT_CHARS = 40
 
 
 @register.filter
-def for_role(labels: Iterable[Label], role: str) -> list[Label]:
-    """The labels a turn of this role can carry."""
-    return [label for label in labels if label.applies_to(role)]
+def for_turn(labels: Iterable[Label], turn: Turn) -> list[Label]:
+    """The labels this turn can carry (`Label.offered_on`: its role; no feedback on the first message)."""
+    return [label for label in labels if label.offered_on(turn.role, turn.depth)]
 
 
 @register.filter

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -18,7 +17,7 @@ from django_htmx.http import HttpResponseClientRefresh
 from annotate.models import Conversation, Study
 from core.http import AppRequest
 from labeling import services
-from labeling.dashboard import GroundingRate, dashboard_from_json, dashboard_snapshot
+from labeling.dashboard import GroundingRate, dashboard_from_json, dashboard_snapshot, labels_by_kind
 
 # Geometry of the bar chart, in SVG user units (the SVG scales to the page width).
 CHART_WIDTH, LABEL_WIDTH, BAR_HEIGHT, GAP, TOP = 640, 200, 22, 10, 8
@@ -75,12 +74,18 @@ def dashboard_max_age_seconds() -> int:
 DASHBOARD_INLINE_MAX_CONVERSATIONS = 500
 
 
-def _study_for(request: HttpRequest, slug: str) -> Study:
-    """The study, for superusers and users granted `annotate.view_study_dashboard` (being staff is not enough);
-    anyone else gets the 403 page (templates/403.html), before any study is looked up."""
-    if not request.user.has_perm(DASHBOARD_PERMISSION):
-        raise PermissionDenied("The study dashboard is for researchers with access to it.")
-    return get_object_or_404(Study, slug=slug)
+def _forbidden(request: HttpRequest) -> HttpResponse | None:
+    """The 403 page (templates/403.html, in the site's layout) saying which permission is missing, for anyone but
+    superusers and users granted `annotate.view_study_dashboard` (being staff is not enough); None for them.
+    Answered, not raised: a PermissionDenied would be logged with its traceback, and a rater who followed a
+    link is no server error."""
+    if request.user.has_perm(DASHBOARD_PERMISSION):
+        return None
+    message = (
+        "The study dashboard is for researchers: it needs the permission “Can view the study dashboard”, "
+        "which your account does not have."
+    )
+    return render(request, "403.html", {"exception": message}, status=403)
 
 
 def _dashboard_url(slug: str, include_excluded: bool) -> str:
@@ -95,7 +100,9 @@ def study_dashboard(request: AppRequest, slug: str) -> HttpResponse:
     are as of. A snapshot older than `dashboard_max_age_seconds()` is refreshed in the background; with none yet,
     a small study is computed now, a larger one shows "Computing the figures…" and polls (htmx) until the
     worker has stored them."""
-    study = _study_for(request, slug)
+    if (refused := _forbidden(request)) is not None:
+        return refused
+    study = get_object_or_404(Study, slug=slug)
     # Excluded raters' work is left out unless asked for (?include_excluded=1): a snapshot of its own.
     include_excluded = request.GET.get("include_excluded") == "1"
     snapshot = dashboard_snapshot(study, include_excluded)
@@ -123,6 +130,7 @@ def study_dashboard(request: AppRequest, slug: str) -> HttpResponse:
     context = {
         "study": study,
         "d": figures,
+        "label_groups": labels_by_kind(figures.labels),
         "include_excluded": include_excluded,
         "as_of": snapshot.computed_at,
         "age_s": max(0, int(age)),
@@ -139,7 +147,9 @@ def study_dashboard(request: AppRequest, slug: str) -> HttpResponse:
 def dashboard_refresh(request: HttpRequest, slug: str) -> HttpResponse:
     """The page's "Refresh now": ask the worker for fresh figures (deduped: a repeat within seconds sends
     nothing) and go back to the page. Same permission as the page."""
-    study = _study_for(request, slug)
+    if (refused := _forbidden(request)) is not None:
+        return refused
+    study = get_object_or_404(Study, slug=slug)
     include_excluded = request.POST.get("include_excluded") == "1"
     services.dashboard_refresh_request(study=study, include_excluded=include_excluded)
     return redirect(_dashboard_url(study.slug, include_excluded))

@@ -59,11 +59,13 @@ def _assignment_for(request: AppRequest, pk: int) -> ReviewAssignment:
 @require_GET
 @_raters_only
 def review_home(request: AppRequest) -> HttpResponse:
-    return render(
-        request,
-        "labeling/review_home.html",
-        {"work": selectors.review_overview(request.user), "reviews": selectors.rater_reviews(request.user)[:100]},
-    )
+    work = selectors.review_overview(request.user)
+    context = {
+        "work": work,
+        "empty_reasons": [] if work else selectors.review_empty_reasons(request.user),
+        "reviews": selectors.rater_reviews(request.user)[:100],
+    }
+    return render(request, "labeling/review_home.html", context)
 
 
 @login_required
@@ -120,16 +122,25 @@ def review_detail(request: AppRequest, pk: int) -> HttpResponse:
         {
             "turn": turn,
             "on_path": turn.pk in on_path,
+            # Blind by default: which reply the rater continued from would sway the reviewer's own judgement.
+            "not_continued": study.reviewers_see_choice and turn.pk not in on_path,
+            # On the lived path alone each message has one reply, the one continued from: its slot letter
+            # would say which candidate of the vote form the rater chose.
+            "slot": turn.label if study.reviewers_see_choice or study.review_all_branches else "",
             "taggable": assignment.status == ReviewAssignment.Status.OPEN
             and (turn.role == Turn.Role.USER or turn.status == Turn.Status.DONE),
             "tags": tags.get(turn.pk, []),
-            "labels": [label for label in labels if label.applies_to(turn.role)],
+            "labels": [label for label in labels if label.offered_on(turn.role, turn.depth)],
             # Links point back at what the rater saw: earlier turns of the lived path.
             "linkable": [t for t in path if t.depth < turn.depth],
         }
         for turn in turns
     ]
+    # A dozen label buttons under every turn make a long page: each turn's are folded away but the first
+    # untagged one's, where the reviewer goes on (a tag's answer, `views.tags`, unfolds the turn worked on).
+    working = next((row["turn"].pk for row in rows if row["taggable"] and not row["tags"]), None)
     for index, row in enumerate(rows):
+        row["collapsed"] = row["turn"].pk != working
         # A user turn's vote form follows the last of its rows (the turn itself, then its replies).
         following = rows[index + 1]["turn"] if index + 1 < len(rows) else None
         turn = row["turn"]
@@ -145,8 +156,12 @@ def review_detail(request: AppRequest, pk: int) -> HttpResponse:
 
 
 def _vote_context(assignment: ReviewAssignment, step: dict[str, Any], error: str = "") -> dict[str, Any]:
+    """The vote form's context; which replies were continued from (`on_path`) only when the study lets
+    reviewers see the original choice (`Study.reviewers_see_choice`)."""
+    see_choice = assignment.conversation.study.reviewers_see_choice
     return {
         **step,
+        "on_path": step["on_path"] if see_choice else set(),
         "assignment": assignment,
         "open": assignment.status == ReviewAssignment.Status.OPEN,
         "request_key": uuid.uuid4(),  # fresh per form shown: a resend of the same post stores one vote
@@ -183,7 +198,9 @@ def review_vote(request: AppRequest, pk: int) -> HttpResponse:
         )
     except ActionRefused as exc:
         error = exc
-    assignment = ReviewAssignment.objects.filter(pk=pk, rater=request.user).select_related("conversation").first()
+    assignment = (
+        ReviewAssignment.objects.filter(pk=pk, rater=request.user).select_related("conversation__study").first()
+    )
     step = None
     if assignment is not None and parent_id is not None:
         path = annotate_selectors.lived_path(assignment.conversation)

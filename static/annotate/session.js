@@ -14,6 +14,18 @@
     }
   }
 
+  function noteText(stateEl) {
+    const seconds = Math.round((Date.now() - Number(stateEl.dataset.since)) / 1000);
+    return stateEl.dataset.note + "… " + seconds + " s";
+  }
+
+  function tickNotes() {
+    document.querySelectorAll(".candidate .state[data-note]").forEach(function (stateEl) {
+      stateEl.textContent = noteText(stateEl);
+    });
+  }
+  window.setInterval(tickNotes, 1000);
+
   function connectStream() {
     const box = document.querySelector("[data-stream-url]");
     if (source && (!box || source.url.indexOf(box.dataset.streamUrl) === -1)) {
@@ -35,7 +47,17 @@
       if (data.status === "pending" && data.ahead > 0) {
         state = "waiting for a worker: " + data.ahead + " repl" + (data.ahead === 1 ? "y" : "ies") + " before it…";
       }
-      card.querySelector(".state").textContent = state;
+      const stateEl = card.querySelector(".state");
+      if (data.note && !data.text && (data.status === "pending" || data.status === "streaming")) {
+        // e.g. the model is loading: said with the seconds waited so far (ticked by `tickNotes`)
+        stateEl.dataset.note = data.note;
+        stateEl.dataset.since = stateEl.dataset.since || String(Date.now());
+        state = noteText(stateEl);
+      } else {
+        delete stateEl.dataset.note;
+        delete stateEl.dataset.since;
+      }
+      stateEl.textContent = state;
       card.querySelector(".cand-error").textContent = data.status === "failed" ? data.error : "";
       // For bench/ and tests: when the browser showed the text the worker stamped at data.t.
       window.cgLastToken = { id: data.id, t: data.t, shownAt: Date.now() / 1000, length: data.text.length };
@@ -53,15 +75,66 @@
 
   function pick(form, value) {
     const input = form.querySelector('input[name="choice"][value="' + value + '"]');
-    if (input && !input.disabled) input.checked = true;
+    if (input && !input.disabled) {
+      input.checked = true;
+      tieFollowUp(form);
+    }
   }
+
+  // After "tie" or "both bad" nothing was preferred: the study says what the conversation goes on from, a reply
+  // the rater picks (the "go on from" radios become required) or the rater's rewrite (its box opens).
+  function tieFollowUp(form) {
+    const choice = form.querySelector('input[name="choice"]:checked');
+    const tie = !!choice && (choice.value === "tie" || choice.value === "all_bad");
+    const box = form.querySelector(".tie-continue");
+    if (!box) return;
+    const picks = box.querySelectorAll('input[name="continue_from"]');
+    picks.forEach(function (input) {
+      input.required = tie;
+    });
+    if (tie && box.dataset.policy === "rewrite") {
+      const details = form.querySelector("details.rewrite");
+      details.open = true;
+      form.querySelector('input[name="use_rewrite"]').checked = true;
+      form.querySelector('textarea[name="rewrite"]').required = true;
+    } else if (box.dataset.policy === "rewrite") {
+      form.querySelector('textarea[name="rewrite"]').required = false;
+    }
+  }
+
+  // Long text is never cut silently: a box with data-max counts its characters and refuses to send beyond them.
+  function countChars(area) {
+    const max = Number(area.dataset.max);
+    if (!max) return;
+    let counter = area.parentElement.querySelector(".char-count[data-for='" + area.name + "']");
+    if (!counter) {
+      counter = document.createElement("span");
+      counter.className = "char-count";
+      counter.dataset.for = area.name;
+      counter.setAttribute("aria-live", "polite");
+      area.insertAdjacentElement("afterend", counter);
+    }
+    const length = Array.from(area.value).length;
+    const over = length - max;
+    area.setCustomValidity(over > 0 ? "This is " + over + " characters too long (at most " + max + ")." : "");
+    counter.textContent = over > 0 ? length + " / " + max + ": " + over + " too many" : length > max * 0.8 ? length + " / " + max : "";
+    counter.classList.toggle("over", over > 0);
+  }
+
+  document.addEventListener("input", function (event) {
+    if (event.target.matches && event.target.matches("textarea[data-max]")) countChars(event.target);
+  });
+  document.addEventListener("change", function (event) {
+    const form = event.target.form;
+    if (form && form.id === "vote-form" && event.target.name === "choice") tieFollowUp(form);
+  });
 
   document.addEventListener("keydown", function (event) {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     const message = document.getElementById("message");
     if (event.target === message && event.key === "Enter" && !event.shiftKey) {
       event.preventDefault();
-      message.form.requestSubmit();
+      if (message.reportValidity()) message.form.requestSubmit();
       return;
     }
     if (typing(event.target)) return;
@@ -90,16 +163,44 @@
       area.focus();
       event.preventDefault();
     } else if (key === "enter") {
+      // Enter is the vote wherever the focus is (a radio, a tag chip…), except on a button, which it presses.
+      if (event.target.tagName === "BUTTON" || event.target.tagName === "SUMMARY" || event.target.tagName === "SELECT") return;
+      if (event.target !== document.body && !form.contains(event.target)) return; // a link elsewhere: its own
+      event.preventDefault();
       const button = document.getElementById("vote-submit");
-      if (form.querySelector('input[name="choice"]:checked') && !button.closest("fieldset").disabled) {
-        event.preventDefault();
-        form.requestSubmit(button);
+      if (button.closest("fieldset").disabled) return;
+      if (!form.querySelector('input[name="choice"]:checked')) {
+        const errors = document.getElementById("errors");
+        if (errors) errors.innerHTML = '<p class="error" role="alert">Choose a reply first: 1, 2, t (tie) or b (both bad).</p>';
+        return;
       }
+      form.requestSubmit(button);
     } else {
       return;
     }
   });
 
+  // The vote form holds other buttons (tags, suggestions, retries) with their own URLs; htmx sends a form to the
+  // last button clicked in it, so a vote submitted by Enter after a click on a tag went to the tag's URL.
+  document.addEventListener("htmx:configRequest", function (event) {
+    const form = event.detail.elt;
+    if (form && form.id === "vote-form" && event.detail.verb === "post") {
+      event.detail.path = form.getAttribute("hx-post");
+    }
+  });
+
+  // A page restored from the back/forward cache shows what was true when it was left: load it afresh.
+  window.addEventListener("pageshow", function (event) {
+    if (event.persisted) window.location.reload();
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    if (window.matchMedia("(max-width: 700px)").matches) {
+      document.querySelectorAll("details.help").forEach(function (help) {
+        help.open = false;
+      });
+    }
+  });
   document.addEventListener("DOMContentLoaded", connectStream);
   document.addEventListener("htmx:afterSettle", connectStream);
 })();

@@ -7,6 +7,7 @@
   const SCOPE = "[data-tag-scope], .candidate, .msg"; // a turn: its text and its tag bar
   const TEXT = "[data-tag-text], .cand-text, .text";
   let focusTurn = null; // the focused bar's turn id; survives htmx swaps of the fragment
+  let pending = Promise.resolve(); // the tag requests in flight, chained
 
   function scopeOf(bar) {
     return bar.closest(SCOPE) || bar.parentElement;
@@ -91,9 +92,17 @@
     }
     const link = bar.querySelector('select[name="linked_turn"]');
     if (button.hasAttribute("data-links") && link && link.value) values.linked_turn = link.value;
-    htmx.ajax("POST", bar.dataset.addUrl, { target: "#" + bar.id, swap: "outerHTML", values: values }).then(function () {
-      if (span) window.getSelection().removeAllRanges();
-    });
+    // One tag request at a time, in the order pressed: htmx keeps only the last of several requests queued on
+    // one element, so keys pressed quickly (c, a, f) would lose the middle tags.
+    const target = "#" + bar.id;
+    pending = pending
+      .then(function () {
+        return htmx.ajax("POST", bar.dataset.addUrl, { target: target, swap: "outerHTML", values: values });
+      })
+      .then(function () {
+        if (span) window.getSelection().removeAllRanges();
+      })
+      .catch(function () {}); // a refusal is shown in #errors by htmx; the next tag still goes
   }
 
   function typing(target) {
@@ -143,7 +152,9 @@
     function (event) {
       const button = event.target.closest("button.tag-label");
       if (button) {
+        // Stopped here: htmx remembers the last button clicked in a form and would send the next vote to it.
         event.preventDefault();
+        event.stopPropagation();
         apply(button);
         return;
       }

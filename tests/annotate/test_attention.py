@@ -52,8 +52,8 @@ def test_rate_zero_never_plants_and_one_candidate_never_plants(make_study, make_
         for _ in range(5):
             user_turn, candidates = _send(conversation)
             assert not any(c.is_attention_check for c in candidates)
-            finish_candidates(user_turn)
-            choose(conversation, user_turn.pk, choice="tie")
+            first, *_ = finish_candidates(user_turn)
+            choose(conversation, user_turn.pk, choice="tie", continue_from_id=first.pk)
             conversation.refresh_from_db()
         assert not Comparison.objects.filter(conversation=conversation, attention_passed__isnull=False).exists()
 
@@ -87,7 +87,8 @@ def test_the_vote_is_scored_and_the_conversation_continues_from_a_real_reply(mak
             conversation, user_turn.pk, choice="candidate", chosen_id=(real if vote == "real" else planted).pk
         )
     else:
-        comparison = choose(conversation, user_turn.pk, choice=vote)
+        # going on from the planted reply is asked for (the form offers it like any reply): the real one is used
+        comparison = choose(conversation, user_turn.pk, choice=vote, continue_from_id=planted.pk)
     assert comparison.attention_passed is passed
     assert comparison.continued_from_id == real.pk  # never the planted reply
     conversation.refresh_from_db()

@@ -175,6 +175,7 @@ def test_tie_and_all_bad_continue_from_first_candidate_without_strength(make_con
         user_turn.pk,
         choice="all_bad",
         strength="clear",
+        continue_from_id=a.pk,
     )
     assert comparison.chosen is None and comparison.strength == "" and comparison.continued_from_id == a.pk
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
+
+import pytest
 
 from annotate import services
 from annotate.models import Turn
@@ -142,3 +145,34 @@ def test_a_threads_worker_samples_many_model_server_replies_at_once_on_few_conne
     assert all(t.text.strip().startswith("word0") and t.text.strip().endswith("word9") for t in replies)
     # ... and the worker held at most its pool (2) plus Celery's own connection, not one per thread
     assert peak <= 4, peak
+
+
+@pytest.mark.django_db
+def test_raters_are_told_while_the_model_loads(tiny_config, make_study, make_conversation, monkeypatch):
+    """A reply whose model is not loaded yet says so on the page (the note) until its first token."""
+    from annotate import generation
+    from workers import backends
+
+    monkeypatch.setattr("annotate.services._enqueue", lambda *args, **kwargs: None)
+    config = tiny_config(max_new_tokens=4, min_new_tokens=4)
+    conversation = make_conversation(study=make_study(configs=[config], candidates_per_turn=1))
+    user_turn = services.message_send(conversation=conversation, text="hello")
+    (reply,) = user_turn.children.all()
+    notes: list[str] = []
+    sample = generation.generate_all
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        notes.append(Turn.objects.get(pk=reply.pk).note)  # what the stream shows while the model loads
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate_all", watched)
+    monkeypatch.setattr(backends, "_LOADED", {})  # this process has not loaded it yet
+    assert generation.turn_generate(turn_id=reply.pk) == "done"
+    reply.refresh_from_db()
+    assert notes == [generation.MODEL_LOADING_NOTE]
+    assert reply.note == "" and reply.text  # cleared with the first token
+    # Once loaded, the next reply starts without the note
+    other = services.message_send(conversation=make_conversation(study=conversation.study), text="hi")
+    (second,) = other.children.all()
+    assert generation.turn_generate(turn_id=second.pk) == "done"
+    assert notes == [generation.MODEL_LOADING_NOTE, ""]

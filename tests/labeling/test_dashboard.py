@@ -255,7 +255,11 @@ def test_dashboard_page_needs_the_dashboard_permission(study_data, client, make_
     denied = client.get(url)
     html = denied.content.decode()
     assert denied.status_code == 403
-    assert "You cannot open this page" in html and "researchers with access" in html and "Back to your studies" in html
+    assert (
+        "You cannot open this page" in html
+        and "Can view the study dashboard" in html
+        and "Back to your studies" in html
+    )
     client.logout()
     assert client.get(url).status_code == 302  # to the login page
 

@@ -82,6 +82,18 @@ def test_tag_whole_turn_span_and_link(live):
     assert Tag.objects.filter(rater=rater).count() == 3
 
 
+def test_the_first_message_takes_no_feedback_signal(live):
+    """A feedback signal reacts to the reply before it: the first message has none, so none is offered or stored."""
+    from labeling.templatetags.tagging import for_turn
+
+    conversation, user_turn, _, _ = live
+    with pytest.raises(ActionRefused, match="first message has none"):
+        labeling.tag_add(rater=conversation.rater, turn_id=user_turn.pk, label="rephrase")
+    offered = for_turn(Label.objects.all(), user_turn)
+    assert offered and not any(label.kind == Label.Kind.FEEDBACK for label in offered)
+    assert not Tag.objects.exists()
+
+
 def test_bad_tags_are_refused_and_nothing_written(live, make_conversation, make_user):
     conversation, user_turn, a, b = live
     rater = conversation.rater
@@ -150,9 +162,9 @@ def test_study_can_require_tags_before_the_vote(make_study, make_conversation):
     a, b = finish_candidates(user_turn)
     labeling.tag_add(rater=conversation.rater, turn_id=a.pk, label="no-grounding-act")
     with pytest.raises(ActionRefused, match="tag reply B"):
-        choose(conversation, user_turn.pk, choice="tie")
+        choose(conversation, user_turn.pk, choice="tie", continue_from_id=b.pk)
     labeling.tag_add(rater=conversation.rater, turn_id=b.pk, label="clarification")
-    choose(conversation, user_turn.pk, choice="tie")
+    choose(conversation, user_turn.pk, choice="tie", continue_from_id=b.pk)
     assert Comparison.objects.count() == 1
 
 

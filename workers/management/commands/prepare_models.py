@@ -28,7 +28,9 @@ class Command(BaseCommand):
             if key in seen:
                 continue
             seen.add(key)
-            self.stdout.write(f"Preparing {config.model_path} {config.gguf_file} (first time: 1-2 minutes)...")
+            # Only a model still to convert takes minutes: a later start must not announce a wait it will not have.
+            first = "" if backends.model_prepared(config.model_path, config.gguf_file) else " (first time: 1-2 minutes)"
+            self.stdout.write(f"Preparing {config.model_path} {config.gguf_file}{first}...")
             started = time.monotonic()
             directory = backends.resolve_model_dir(config.model_path, config.gguf_file)
             self.stdout.write(self.style.SUCCESS(f"  ready in {time.monotonic() - started:.1f} s: {directory}"))
