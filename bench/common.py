@@ -75,3 +75,23 @@ def percentile(values: list[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def fake_model_config(*, name: str, bench: str, base_url: str, words: int) -> object:
+    """The `openai` ModelConfig pointing at bench/fake_openai.py (created or brought up to date). Call after
+    `django.setup()`, in the set-up subprocess of a bench."""
+    from workers.models import ModelConfig
+
+    config, _ = ModelConfig.objects.update_or_create(
+        name=name,
+        defaults={
+            "description": f"{bench}: bench/fake_openai.py, fixed token rate",
+            "backend": ModelConfig.Backend.OPENAI,
+            "base_url": base_url,
+            "model_path": "fake",
+            "system_prompt": "You are a helpful assistant.",
+            "params": {"max_new_tokens": words},
+            "enabled": True,
+        },
+    )
+    return config

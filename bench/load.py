@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from common import ROOT, Child, ensure_database, flush_broker, free_port, percentile, refuse_shared  # noqa: E402
+from common import ROOT, Child, ensure_database, fake_model_config, flush_broker, free_port, percentile, refuse_shared  # noqa: E402
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cg_bench_load"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/6"
@@ -182,20 +182,8 @@ def setup(spec: dict[str, Any]) -> dict[str, Any]:
     from django.contrib.auth.hashers import make_password
 
     from annotate.models import Scenario, Study
-    from workers.models import ModelConfig
 
-    config, _ = ModelConfig.objects.update_or_create(
-        name=CONFIG_NAME,
-        defaults={
-            "description": "bench/load.py: bench/fake_openai.py, fixed token rate",
-            "backend": ModelConfig.Backend.OPENAI,
-            "base_url": spec["base_url"],
-            "model_path": "fake",
-            "system_prompt": "You are a helpful assistant.",
-            "params": {"max_new_tokens": spec["words"]},
-            "enabled": True,
-        },
-    )
+    config = fake_model_config(name=CONFIG_NAME, bench="bench/load.py", base_url=spec["base_url"], words=spec["words"])
     study_fields = {f.name for f in Study._meta.get_fields()}
     users = get_user_model()
     hashed = make_password(spec["password"])

@@ -144,10 +144,11 @@
     if (/^[1-9]$/.test(key)) {
       const card = form.querySelector('.candidate[data-index="' + key + '"] input[name="choice"]');
       if (card) pick(form, card.value);
-    } else if (key === "t") {
-      pick(form, "tie");
-    } else if (key === "b") {
-      pick(form, "all_bad");
+    } else if (key === "t" || key === "b") {
+      pick(form, key === "t" ? "tie" : "all_bad");
+      // The keyboard goes on where the next decision is: which reply to go on from (Space or arrows, then Enter).
+      const goOn = form.querySelector('.tie-continue input[name="continue_from"]');
+      if (goOn && !form.querySelector('input[name="continue_from"]:checked')) goOn.focus();
     } else if (key === "s") {
       const slight = form.querySelector('input[name="strength"][value="slight"]');
       const clear = form.querySelector('input[name="strength"][value="clear"]');

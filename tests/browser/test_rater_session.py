@@ -104,12 +104,13 @@ def test_rater_holds_a_three_turn_conversation(start_worker, start_server, make_
     page.wait_for_url(re.compile(r"/c/\d+/$"))
     conversation_url = page.url
 
-    # ... and holds three turns, voting with the keyboard: "1"; "2" + slight; tie
+    # ... and holds three turns, voting with the keyboard: "1"; "2" + slight; tie, going on from reply A (the
+    # focus moves to "go on from" after "t": Space picks reply A)
     messages = ["Hi! Can you help me plan something?", "It is for a birthday next week.", HOSTILE]
     votes = [
         (["1"], 1, "candidate", "clear"),
         (["2", "s"], 2, "candidate", "slight"),
-        (["t"], None, "tie", ""),
+        (["t", "Space"], None, "tie", ""),
     ]
     shown: list[list[dict[str, Any]]] = []
     streamed: list[dict[str, list[int]]] = []
@@ -192,7 +193,7 @@ def test_rater_holds_a_three_turn_conversation(start_worker, start_server, make_
         assert (comparison.choice, comparison.strength) == (choice, strength)
         expected = cards[index - 1]["pk"] if index else None
         assert comparison.chosen_id == expected
-        assert comparison.continued_from_id == (expected or cards[0]["pk"])  # a tie continues from A
+        assert comparison.continued_from_id == (expected or cards[0]["pk"])  # the tie: from A, as picked
         assert comparison.decision_ms is not None
         continued.append(comparison.continued_from_id)
 

@@ -218,6 +218,18 @@ def test_transcript_is_blind_by_default_and_shows_the_raters_tags(
     Study.objects.filter(pk=conversation.study_id).update(show_model_names=True)
     page.reload()
     assert model_name in page.locator("main").inner_text()
+    # On a phone the badges and names stay inside their cards, and the page inside the screen
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    overflowing = page.evaluate(
+        """() => [...document.querySelectorAll('.reply')].flatMap(card => {
+             const box = card.getBoundingClientRect();
+             return [...card.querySelectorAll('.badge, small')]
+               .filter(b => b.getBoundingClientRect().right > box.right + 1)
+               .map(b => b.textContent);
+           })"""
+    )
+    assert overflowing == []
 
 
 def _whole_turn_by_click(page: Any, width: int) -> None:
@@ -258,6 +270,7 @@ def test_a_whole_turn_by_click_on_a_phone_and_a_laptop(
     page = browser_page.page
     page.set_viewport_size({"width": width, "height": height})
     log_in(page, base_url, rater.username)
+    assert page.evaluate("document.documentElement.scrollWidth") <= width  # the home page fits too
     page.locator(f"#start-{study.slug}").click()
     page.wait_for_url(re.compile(r"/c/\d+/$"))
     assert page.evaluate("document.documentElement.scrollWidth") <= width

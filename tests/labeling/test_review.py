@@ -129,7 +129,7 @@ def test_detail_shows_the_lived_path_with_the_reviewers_own_review_tags(client, 
     assignment = labeling.review_claim(rater=reviewer, study=study)
     labeling.review_claim(rater=other, study=study)
     path = list(conversation.turns.filter(text__in=["Plan a party", "answer 0 A", "For ten kids", "answer 1 A"]))
-    user_turn = path[0]
+    user_turn = next(t for t in path if t.text == "For ten kids")  # feedback reacts to a reply: not the first message
     mine = labeling.tag_add(rater=reviewer, turn_id=user_turn.pk, label="topic-shift", task=Tag.Task.REVIEW)
     labeling.tag_add(rater=other, turn_id=user_turn.pk, label="hedging", task=Tag.Task.REVIEW)
     client.force_login(reviewer)
@@ -144,8 +144,10 @@ def test_detail_shows_the_lived_path_with_the_reviewers_own_review_tags(client, 
     # the unchosen branch is not part of the lived path: only the vote form shows it, to compare with
     assert "answer 0 B" not in [row["turn"].text for row in rows] and page.count("answer 0 B") == 1
     assert [row["turn"].pk for row in rows] == [t.pk for t in sorted(path, key=lambda t: t.depth)]
-    assert [t.pk for t in rows[0]["tags"]] == [mine.pk]  # only the reviewer's own, review task
-    assert all(label.applies_to("user") for label in rows[0]["labels"])
+    assert [t.pk for t in rows[2]["tags"]] == [mine.pk]  # only the reviewer's own, review task
+    assert all(label.applies_to("user") for label in rows[2]["labels"])
+    # the first message is offered no feedback signal (nothing before it to react to)
+    assert rows[0]["labels"] and not any(label.kind == "feedback" for label in rows[0]["labels"])
     assert [t.pk for t in rows[2]["linkable"]] == [rows[0]["turn"].pk, rows[1]["turn"].pk]
     assert "labeling/_tag_bar.html" in [t.name for t in response.templates]
 
