@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import signal
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, suppress
@@ -145,11 +146,41 @@ def _output_checked(out: Path) -> Path:
     """The output path made absolute, refused before any reading if it exists or cannot be
     written: a mistake in it should not cost a whole export."""
     out = Path(out).expanduser().absolute()
+    if out.parent.exists() and not out.parent.is_dir():  # else "does not exist", which sends one looking for it
+        raise _refuse(f"Cannot write to {out}: {out.parent} is a file, not a directory.")
     try:
         writers.output_check(out)
     except writers.OutputError as exc:
         raise _refuse(str(exc)) from exc
     return out
+
+
+class Terminated(SystemExit):
+    """SIGTERM (or SIGHUP) arrived: leave as Ctrl-C does, through every `finally` and cleanup."""
+
+
+@contextmanager
+def termination_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP raise `Terminated` instead of killing the process.
+
+    Killed outright, an export would leave its hidden `.OUT.*.partial` staging directory behind;
+    raised, the staging cleanup runs as for any failure (SIGINT raises KeyboardInterrupt already).
+    For a process's main thread (the command line); a Celery worker handles its signals itself.
+    """
+
+    def raise_terminated(signum: int, frame: object) -> NoReturn:
+        raise Terminated(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    handled = (signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.signal(signum, raise_terminated) for signum in handled}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _selected_count(sel: Selection) -> int:

@@ -12,8 +12,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+import yaml
+
 from annotate.models import Study
-from exports.formats import vote_value
+from exports.formats import SCHEMAS, vote_value
 from exports.selection import ConversationData, ExportParams, Selection
 from labeling import agreement
 from labeling.models import Label
@@ -147,7 +150,7 @@ def manifest_json(
     }
     if quality is not None:
         manifest["quality_control"] = quality
-    return json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def _figure(value: float | None, units: int) -> str:
@@ -160,7 +163,7 @@ def card_markdown(*, sel: Selection, files: list[dict[str, Any]], stats: Selecti
     params, study = sel.params, sel.study
     data_file = files[0]["path"]
     sections = [
-        _front_matter(params, data_file),
+        _front_matter(params, study, files),
         _collection(params, study),
         _counts(data_file, files[0]["rows"], stats),
         _quality(sel),
@@ -173,19 +176,57 @@ def card_markdown(*, sel: Selection, files: list[dict[str, Any]], stats: Selecti
     return "\n".join(line for section in sections for line in section)
 
 
-def _front_matter(params: ExportParams, data_file: str) -> list[str]:
-    """The YAML block the Hub reads: licence, tags, and the data file as the dataset's config."""
-    return [
-        "---",
-        f"license: {params.licence}",
-        "language:\n- en",
-        "tags:\n- preference\n- multi-turn\n- grounding\n- commonground",
-        "configs:",
-        f"- config_name: {params.format}",
-        f"  data_files: {data_file}",
-        "---",
-        "",
-    ]
+def _front_matter(params: ExportParams, study: Study, files: list[dict[str, Any]]) -> list[str]:
+    """The YAML block the Hub and `datasets.load_dataset(<export dir>)` read: licence, tags, the data
+    files as the dataset's config, and the features (column types) of the format's schema.
+
+    Declared features are what make JSONL load whatever its null pattern: without them `datasets`
+    infers each column's type from the file's first 10 MB, and a column that is null there (agreement,
+    a span) fails to load where it is set. Dumped by a YAML library, so that free text (licence, study
+    name) stays one string, whatever newlines or colons it holds.
+    """
+    header = {
+        "license": params.licence,
+        "pretty_name": f"{study.name}: {params.format}",
+        "language": ["en"],
+        "tags": ["preference", "multi-turn", "grounding", "commonground"],
+        "configs": [
+            {
+                "config_name": params.format,
+                "data_files": [{"split": file.get("split", "train"), "path": file["path"]} for file in files],
+                "default": True,
+            }
+        ],
+        "dataset_info": {"config_name": params.format, "features": features_yaml(SCHEMAS[params.format])},
+    }
+    return ["---", yaml.safe_dump(header, sort_keys=False, allow_unicode=True).rstrip("\n"), "---", ""]
+
+
+# Arrow's names for its types where `datasets` names them otherwise (`Value(dtype)`); the rest agree.
+_DTYPE_NAMES = {"double": "float64", "float": "float32", "halffloat": "float16"}
+
+
+def features_yaml(schema: pa.Schema) -> list[dict[str, Any]]:
+    """`schema` as the `features` list of a card's `dataset_info`, in the form `datasets` writes
+    (`Features._to_yaml_list`) and the Hub reads; without importing `datasets`, a dev dependency."""
+    return [{"name": column.name, **_feature_yaml(column.type)} for column in schema]
+
+
+def _feature_yaml(dtype: pa.DataType) -> dict[str, Any]:
+    if pa.types.is_struct(dtype):
+        return {
+            "struct": [
+                {"name": dtype.field(i).name, **_feature_yaml(dtype.field(i).type)} for i in range(dtype.num_fields)
+            ]
+        }
+    if pa.types.is_list(dtype):
+        item = _feature_yaml(dtype.value_type)
+        # A list of a plain type or of a struct is written in short (`list: string`, `list: [fields]`).
+        only = next(iter(item)) if len(item) == 1 else None
+        return {"list": item[only] if only in ("dtype", "struct") else item}
+    if pa.types.is_nested(dtype) or pa.types.is_dictionary(dtype):
+        raise TypeError(f"No dataset feature for the Arrow type {dtype}.")
+    return {"dtype": _DTYPE_NAMES.get(str(dtype), str(dtype))}
 
 
 def _collection(params: ExportParams, study: Study) -> list[str]:
@@ -301,14 +342,27 @@ def _parameters(params: ExportParams) -> list[str]:
 
 
 def _loading(params: ExportParams, data_file: str) -> list[str]:
-    """A snippet that loads the data file with `datasets`, with the loader its format needs."""
+    """How to load the export with `datasets`: the directory (the front matter gives the data file
+    and its features), or the data file alone with those features passed explicitly."""
     loader = "parquet" if params.file_format == "parquet" else "json"
     return [
         "## Loading",
         "",
+        "The front matter declares the data file and its features (column types), so `datasets` loads this "
+        "directory with the right types. Loading the data file alone, pass the features: without them "
+        "`datasets` infers a JSON column's type from the file's first 10 MB, and a column that is null there "
+        "(`agreement`, a tag's span) fails to load where it is set. From this directory:",
+        "",
         "```python",
-        "from datasets import load_dataset",
-        f'ds = load_dataset("{loader}", data_files="{data_file}", split="train")',
+        "import os",
+        "",
+        "from datasets import load_dataset, load_dataset_builder",
+        "",
+        "export_dir = os.getcwd()  # this card's directory",
+        'ds = load_dataset(export_dir, split="train")',
+        "",
+        "features = load_dataset_builder(export_dir).info.features",
+        f'ds = load_dataset("{loader}", data_files="{data_file}", features=features, split="train")',
         "```",
         "",
     ]

@@ -8,7 +8,6 @@ data: no queries, no clocks, so the output is reproducible.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -50,6 +49,11 @@ def public_error(error: str | None) -> str | None:
 
 def message(turn: TurnRow) -> dict[str, str]:
     return {"role": turn.role, "content": turn.text}
+
+
+def source(turn: TurnRow) -> str:
+    """Who wrote a turn's text: "model" for a sampled reply, "human" for a rater's rewrite or message."""
+    return "model" if turn.role == "assistant" and not turn.is_rewrite else "human"
 
 
 def messages(path: list[TurnRow]) -> list[dict[str, str]]:
@@ -191,6 +195,8 @@ def _pair_columns(conv: ConversationData, pair: Pair, turn_index: int) -> Row:
         "rejected_turn_id": pair.rejected.id,
         "chosen_model": pair.chosen.model,
         "rejected_model": pair.rejected.model,
+        "chosen_source": source(pair.chosen),
+        "rejected_source": source(pair.rejected),
         "chosen_tags": tag_names(conv, pair.chosen.id),
         "rejected_tags": tag_names(conv, pair.rejected.id),
         "votes": pair.votes,
@@ -243,6 +249,7 @@ def kto_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
                 **_vote_columns(conv, vote, turn_index),
                 "turn_id": turn.id,
                 "model": turn.model,
+                "source": source(turn),
                 "is_rewrite": turn.is_rewrite,
                 "tags": tag_names(conv, turn.id),
                 "votes": n,
@@ -294,32 +301,38 @@ def _ms(start: dt.datetime | None, end: dt.datetime | None) -> int | None:
     return round((end - start).total_seconds() * 1000) if start and end else None
 
 
-def sibling_ranks(conv: ConversationData) -> dict[int, int]:
-    """Rank of each reply among its siblings by the live vote, 0 best (Open-Assistant style).
+def sibling_ranks(conv: ConversationData) -> dict[int, tuple[int, str]]:
+    """(rank, verdict) of each reply among its siblings by the live vote, rank 0 best
+    (Open-Assistant style).
 
-    Rewrite 0; then the chosen reply; then the rest. A tie ranks all candidates equal, all-bad
-    puts them all below a rewrite if there is one. Replies without a live vote get no rank.
+    A rewrite ranks 0 ("rewrite"); then the chosen candidate ("chosen"), then the others
+    ("not_chosen"). A tie ranks all candidates equal at the top ("tie"); all-bad ranks them all
+    one below the top ("all_bad"), so that no candidate of an all-bad vote ranks as a tie's do.
+    Replies without a live vote get no entry.
     """
-    ranks: dict[int, int] = {}
+    ranks: dict[int, tuple[int, str]] = {}
     for vote in conv.votes:
         if vote.task != "live":
             continue
         rewrite = rewrite_of_vote(conv, vote)
         top = 0
         if rewrite is not None:
-            ranks[rewrite.id] = 0
+            ranks[rewrite.id] = (0, "rewrite")
             top = 1
         for c in candidates(conv, vote.parent_id):
             if vote.choice == "candidate":
-                ranks[c.id] = top if c.id == vote.chosen_id else top + 1
+                ranks[c.id] = (top, "chosen") if c.id == vote.chosen_id else (top + 1, "not_chosen")
+            elif vote.choice == "all_bad":
+                ranks[c.id] = (top + 1, "all_bad")
             else:
-                ranks[c.id] = top
+                ranks[c.id] = (top, "tie")
     return ranks
 
 
 def tree_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
     """The whole conversation as one record: every branch, not only the pairs a vote made."""
-    models = {t.model for t in conv.turns.values() if t.role == "assistant"}
+    # The model replies only: a rewrite is the rater's text (model null, source "human").
+    models = {t.model for t in conv.turns.values() if source(t) == "model"}
     if not conversation_kept(conv, sel) or not sel.keeps_models(*models):
         return
     lived = [t.id for t in conv.lived_path()]
@@ -339,12 +352,12 @@ def tree_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
             "comment": conv.outcome_comment,
         },
         "lived_path": lived,
-        "turns": [_tree_turn(conv, t, on_path=t.id in on_path, rank=ranks.get(t.id)) for t in conv.turns.values()],
+        "turns": [_tree_turn(conv, t, on_path=t.id in on_path, ranked=ranks.get(t.id)) for t in conv.turns.values()],
         "votes": [_tree_vote(v) for v in conv.votes if sel.keeps_vote(v)],
     }
 
 
-def _tree_turn(conv: ConversationData, t: TurnRow, *, on_path: bool, rank: int | None) -> Row:
+def _tree_turn(conv: ConversationData, t: TurnRow, *, on_path: bool, ranked: tuple[int, str] | None) -> Row:
     """One turn of a tree record, with everything known about how it was generated and judged
     (the tree format is the one that keeps it all)."""
     return {
@@ -357,13 +370,15 @@ def _tree_turn(conv: ConversationData, t: TurnRow, *, on_path: bool, rank: int |
         "status": t.status,
         "error": public_error(t.error),
         "model": t.model,
+        "source": source(t),
         "system_prompt": t.system_prompt,
-        "params": json.dumps(t.params, sort_keys=True) if t.params else None,
+        "params": generation_params(t.params),
         "seed": t.seed,
         "is_rewrite": t.is_rewrite,
         "rewrite_of": t.rewrite_of_id,
         "on_lived_path": on_path,
-        "rank": rank,
+        "rank": ranked[0] if ranked else None,
+        "verdict": ranked[1] if ranked else None,
         "tags": [_tree_tag(tag) for tag in conv.tags.get(t.id, ())],
         "prompt_tokens": t.prompt_tokens,
         "completion_tokens": t.completion_tokens,
@@ -371,6 +386,31 @@ def _tree_turn(conv: ConversationData, t: TurnRow, *, on_path: bool, rank: int |
         "first_token_ms": _ms(t.started_at, t.first_token_at),
         "generation_ms": _ms(t.started_at, t.finished_at),
     }
+
+
+# The generation parameters a model config may set (workers/params.py), as the tree's `params`
+# object: the same keys on every turn, so JSONL and Parquet readers see one struct type.
+PARAMS_TYPES: dict[str, pa.DataType] = {
+    "temperature": pa.float64(),
+    "top_p": pa.float64(),
+    "max_new_tokens": pa.int64(),
+    "min_new_tokens": pa.int64(),
+    "repetition_penalty": pa.float64(),
+    "stop": pa.list_(pa.string()),
+}
+
+
+def generation_params(params: dict[str, Any] | None) -> Row | None:
+    """A turn's sampling parameters as an object with every key of `PARAMS_TYPES` (null where
+    unset); None for a turn sampled without any (user turns, rewrites)."""
+    if not params:
+        return None
+    cast = {pa.float64(): float, pa.int64(): int}
+    out: Row = {}
+    for name, kind in PARAMS_TYPES.items():
+        value = params.get(name)
+        out[name] = None if value is None else [str(v) for v in value] if name == "stop" else cast[kind](value)
+    return out
 
 
 def _tree_tag(tag: TagRow) -> Row:
@@ -484,6 +524,7 @@ def multiturn_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
             "scenario": conv.scenario["external_id"],
             "turn_id": reply.id,
             "model": reply.model,
+            "source": source(reply),
             "is_rewrite": reply.is_rewrite,
             "rater": conv.rater,
         }
@@ -564,6 +605,8 @@ _PAIR_COLUMNS = [
     ("rejected_turn_id", pa.int64()),
     ("chosen_model", pa.string()),
     ("rejected_model", pa.string()),
+    ("chosen_source", pa.string()),
+    ("rejected_source", pa.string()),
     ("chosen_tags", pa.list_(pa.string())),
     ("rejected_tags", pa.list_(pa.string())),
     ("votes", pa.int32()),
@@ -592,13 +635,15 @@ _TREE_TURN = pa.struct(
         ("status", pa.string()),
         ("error", pa.string()),
         ("model", pa.string()),
+        ("source", pa.string()),
         ("system_prompt", pa.string()),
-        ("params", pa.string()),
+        ("params", pa.struct(list(PARAMS_TYPES.items()))),
         ("seed", pa.int64()),
         ("is_rewrite", pa.bool_()),
         ("rewrite_of", pa.int64()),
         ("on_lived_path", pa.bool_()),
         ("rank", pa.int32()),
+        ("verdict", pa.string()),
         ("tags", pa.list_(_TAG)),
         ("prompt_tokens", pa.int32()),
         ("completion_tokens", pa.int32()),
@@ -633,6 +678,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             *_VOTE_COLUMNS,
             ("turn_id", pa.int64()),
             ("model", pa.string()),
+            ("source", pa.string()),
             ("is_rewrite", pa.bool_()),
             ("tags", pa.list_(pa.string())),
             ("votes", pa.int32()),
@@ -719,6 +765,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("scenario", pa.string()),
             ("turn_id", pa.int64()),
             ("model", pa.string()),
+            ("source", pa.string()),
             ("is_rewrite", pa.bool_()),
             ("rater", pa.string()),
         ]

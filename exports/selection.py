@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator
@@ -100,7 +101,7 @@ class TurnRow:
     position: int
     text: str
     status: str
-    model: str | None
+    model: str | None  # the model config's name; None for user turns and rewrites (human text)
     system_prompt: str
     is_rewrite: bool
     depth: int | None = None
@@ -422,7 +423,9 @@ class Selection:
         ):
             if cid != conv_id:
                 conv_id, conv_turns = cid, by_id[cid].turns
-            model = model_names.get(model_id)
+            # A rewrite keeps its base reply's model config in the database, but its text is the
+            # rater's: attributed to a model it would pass `--model` filters as that model's output.
+            model = None if rewrite else model_names.get(model_id)
             turn = TurnRow(tid, parent, role, position, text, status, model, system, rewrite, *details)
             conv_turns[tid] = turn
             parent_turn = conv_turns.get(parent)
@@ -464,6 +467,8 @@ class Selection:
         ).order_by("turn_id", "id")
         if self.excluded:
             tags = tags.exclude(rater_id__in=self.excluded)
+        if self.params.raters:  # `--rater` keeps these raters' judgements: their tags as well as their votes
+            tags = tags.filter(rater__username__in=self.params.raters)
         tag_fields = (
             "turn_id", "label_id", "rater_id", "task", "source", "span_start", "span_end", "linked_turn_id",
         )  # fmt: skip
@@ -512,6 +517,11 @@ def selection_open(params: ExportParams, *, refuse: Callable[[str], Exception]) 
         raise refuse(f"Unknown file format “{params.file_format}”. Choose jsonl or parquet.")
     if params.gzip and params.file_format != "jsonl":
         raise refuse("gzip applies to JSONL only (Parquet is compressed already).")
+    numbers = (("gamma", params.gamma), ("grounding weight", params.grounding_weight),
+               ("minimum agreement", params.min_agreement))  # fmt: skip
+    for name, number in numbers:
+        if number is not None and not math.isfinite(number):  # NaN would pass the range checks below
+            raise refuse(f"The {name} must be a finite number, not {number}.")
     if params.min_agreement is not None and not 0 <= params.min_agreement <= 1:
         raise refuse("The minimum agreement is a share between 0 and 1.")
     if not 0 <= params.gamma <= 1:

@@ -67,6 +67,8 @@ def test_dpo_golden_records(story, tmp_path):
         "rejected_turn_id": pk["a1A"],
         "chosen_model": "model-clarify",
         "rejected_model": "model-plain",
+        "chosen_source": "model",
+        "rejected_source": "model",
         "chosen_tags": ["clarification"],
         "rejected_tags": [],  # alice rejected the over-response suggestion: not a tag
         "votes": 2,
@@ -172,7 +174,8 @@ def test_tree_golden_record(story, tmp_path):
     turns = {t["turn_id"]: t for t in first["turns"]}
     assert len(turns) == 10  # every branch is there
     ranks = {key: turns[pk[key]]["rank"] for key in ("u1", "a1A", "a1B", "a2A", "a2B", "a3A", "a3B", "r3")}
-    assert ranks == {"u1": None, "a1A": 1, "a1B": 0, "a2A": 0, "a2B": 1, "a3A": 1, "a3B": 1, "r3": 0}
+    # All bad with a rewrite: the rewrite first, both candidates one below where a chosen one would be.
+    assert ranks == {"u1": None, "a1A": 1, "a1B": 0, "a2A": 0, "a2B": 1, "a3A": 2, "a3B": 2, "r3": 0}
     a1b = turns[pk["a1B"]]
     assert {k: a1b[k] for k in ("parent_id", "role", "depth", "position", "model", "seed", "on_lived_path")} == {
         "parent_id": pk["u1"],
@@ -185,7 +188,7 @@ def test_tree_golden_record(story, tmp_path):
     }
     assert (a1b["first_token_ms"], a1b["generation_ms"], a1b["created_at"]) == (250, 2000, "2026-05-04T09:00:01.000Z")
     assert [(t["label"], t["task"]) for t in a1b["tags"]] == [("clarification", "live"), ("clarification", "review")]
-    assert json.loads(turns[pk["a1A"]]["params"])["temperature"] == 0.7
+    assert turns[pk["a1A"]]["params"]["temperature"] == 0.7
     assert turns[pk["a1A"]]["tags"] == []  # the rejected suggestion is left out
     assert turns[pk["a2A"]]["tags"][0] | {} == {
         "label": "clarification",
@@ -297,10 +300,11 @@ def test_filters(story, tmp_path):
     bob = rater(story, "bob")
     assert {r["rater"] for r in rows(format="dpo", raters=("bob",))} == {bob}
     assert len(rows(format="dpo", raters=("bob",))) == 2
-    # Only plain-vs-plain pairs survive a model filter of model-plain: the rewrite (of a plain
-    # reply) against the plain candidate at turn 3.
-    plain = rows(format="dpo", models=("model-plain",))
-    assert [(r["chosen_turn_id"], r["rejected_turn_id"]) for r in plain] == [(story["r3"].pk, story["a3A"].pk)]
+    # Only plain-vs-plain pairs would survive a model filter of model-plain, and there are none: the
+    # rewrite of a plain reply at turn 3 is the rater's text, not model-plain's.
+    with pytest.raises(ActionRefused, match="give no `dpo` rows"):
+        rows(format="dpo", models=("model-plain",))
+    assert [r["turn_index"] for r in rows(format="kto", models=("model-plain",))] == [1, 1, 2, 2, 3]
     # Agreement 1.0 holds only at turn 1 (alice and bob both chose B).
     assert [r["turn_index"] for r in rows(format="dpo", min_agreement=1.0)] == [1, 1]
     assert len(rows(format="arena", completed_only=True)) == 5
@@ -388,7 +392,7 @@ def test_an_existing_or_unwritable_output_is_refused(story, tmp_path):
         export_build(params=ExportParams(study="golden", format="dpo"), out=tmp_path / "missing" / "out")
     a_file = tmp_path / "file"
     a_file.write_text("")
-    with pytest.raises(ActionRefused, match="does not exist"):
+    with pytest.raises(ActionRefused, match="is a file, not a directory"):
         export_build(params=ExportParams(study="golden", format="dpo"), out=a_file / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken"]
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import datasets
 import pytest
 import torch
+import yaml
+from django.contrib.auth import get_user_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from trl import (
     DPOConfig,
@@ -30,10 +33,15 @@ from trl import (
     maybe_unpair_preference_dataset,
 )
 
+from annotate.models import Comparison, Conversation, Scenario, Study, Turn
 from exports.build import export_build
+from exports.card import features_yaml
 from exports.formats import SCHEMAS
 from exports.selection import FORMATS, ExportParams
+from labeling.models import Label, Tag
+from labeling.services import default_taxonomy
 from tests.exports.export_study import build_export_study
+from workers.models import ModelConfig
 
 # The tiny tokenizer has no chat template; this one keeps every turn on its own line, so a
 # rendered prompt is a prefix of the rendered prompt + reply (what TRL's tokenization expects).
@@ -131,6 +139,118 @@ def test_gzip_jsonl_and_parquet_exports_load_the_same_data_as_jsonl(
     assert gz.to_list() == jsonl.to_list()
     assert parquet.to_list() == jsonl.to_list()
     assert parquet.features.arrow_schema.names == SCHEMAS[fmt].names
+
+
+def front_matter(out: Path) -> dict[str, Any]:
+    card = (out / "README.md").read_text()
+    match = re.match(r"---\n(.*?)\n---\n", card, re.S)
+    assert match, card[:200]
+    return yaml.safe_load(match[1])
+
+
+def card_snippet(out: Path) -> str:
+    """The Python code of the card's Loading section, as a reader would copy it."""
+    card = (out / "README.md").read_text()
+    match = re.search(r"## Loading\n.*?```python\n(.*?)```", card, re.S)
+    assert match, card
+    return match[1]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_card_declares_the_features_datasets_derives_from_the_parquet_schema(fmt: str) -> None:
+    expected = datasets.Features.from_arrow_schema(SCHEMAS[fmt])
+
+    assert features_yaml(SCHEMAS[fmt]) == expected._to_yaml_list()
+    assert datasets.Features._from_yaml_list(features_yaml(SCHEMAS[fmt])) == expected
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_export_loads_from_its_directory_with_the_declared_features(
+    db: None, tmp_path: Path, cache: Path, fmt: str
+) -> None:
+    # Given the same export as JSONL, gzip JSONL and Parquet
+    build_export_study()
+    features = datasets.Features.from_arrow_schema(SCHEMAS[fmt])
+    loaded = {}
+    for kind, params in {"jsonl": {}, "gz": {"gzip": True}, "parquet": {"file_format": "parquet"}}.items():
+        path, manifest = export(fmt, tmp_path, **params)
+        header = front_matter(path.parent)
+        assert header["configs"] == [
+            {"config_name": fmt, "data_files": [{"split": "train", "path": path.name}], "default": True}
+        ]
+
+        # When the directory itself is loaded (as the Hub loads a repository)
+        dataset = datasets.load_dataset(str(path.parent), split="train", cache_dir=str(cache))
+
+        # Then every column has its declared type, and the rows are the file's
+        assert dataset.features == features, kind
+        assert dataset.num_rows == manifest["files"][0]["rows"]
+        loaded[kind] = dataset.to_list()
+    assert loaded["gz"] == loaded["parquet"] == loaded["jsonl"]
+
+
+def build_late_values_study(*, conversations: int = 3, text_chars: int = 3_600_000) -> None:
+    """A study whose JSONL exports hold only nulls in their nullable columns for the first 10 MB
+    (`datasets`' JSON reading chunk) and set values after it: `conversations` conversations with a
+    long first message, one live vote and an unspanned tag, then a short one with a review vote too
+    (`agreement` set) and a spanned tag (`span_start` set)."""
+    alice, bob = (get_user_model().objects.create_user(name) for name in ("alice", "bob"))
+    model = ModelConfig.objects.create(name="model-late", model_path="/m")
+    study = Study.objects.create(name="Late values", slug="late", taxonomy=default_taxonomy())
+    study.model_pool.set([model])
+    label = Label.objects.get(taxonomy=study.taxonomy, name="clarification")
+    scenario = Scenario.objects.create(study=study, external_id="late", title="Late", brief="Talk.")
+    for i in range(conversations + 1):
+        last = i == conversations
+        conv = Conversation.objects.create(study=study, scenario=scenario, rater=alice, status="completed")
+        user = Turn.objects.create(conversation=conv, role="user", depth=0, text="Hi." if last else "x" * text_chars)
+        a, b = (
+            Turn.objects.create(
+                conversation=conv, parent=user, role="assistant", depth=1, position=slot, text=f"Reply {slot}.",
+                model_config=model,
+            )
+            for slot in (0, 1)
+        )  # fmt: skip
+        Comparison.objects.create(conversation=conv, parent=user, rater=alice, choice="candidate", chosen=a,
+                                  continued_from=a)  # fmt: skip
+        if last:
+            Comparison.objects.create(conversation=conv, parent=user, rater=bob, choice="candidate", chosen=b,
+                                      task="review")  # fmt: skip
+        Tag.objects.create(turn=a, label=label, rater=alice, **({"span_start": 0, "span_end": 5} if last else {}))
+        Conversation.objects.filter(pk=conv.pk).update(head=a)
+
+
+@pytest.mark.parametrize("fmt", ["dpo", "tree"])
+def test_jsonl_whose_nullable_columns_are_set_only_after_the_first_10_mb_loads_as_its_card_says(
+    db: None, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    # Given a JSONL export whose first 10 MB has `agreement` / `span_start` null everywhere
+    build_late_values_study()
+    result = export_build(params=ExportParams(study="late", format=fmt), out=tmp_path / fmt)
+    rows = [json.loads(line) for line in result.data_file.read_text().splitlines()]
+    late = 2 if fmt == "dpo" else 1  # the rows of the last conversation (the live and the review vote)
+    assert sum(len(line) for line in result.data_file.read_bytes().splitlines()[:-late]) > 10 << 20
+    # (which is what breaks the types `datasets` infers from the file alone)
+    with pytest.raises(datasets.exceptions.DatasetGenerationError):
+        load("json", result.data_file, cache)
+
+    # When it is loaded by its directory, or with the snippet of its card run in its directory
+    by_directory = datasets.load_dataset(str(result.out), split="train", cache_dir=str(cache))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-snippet"))
+    monkeypatch.chdir(result.out)
+    scope: dict[str, Any] = {}
+    exec(card_snippet(result.out), scope)
+
+    # Then both hold every row with its declared types, the late values included
+    features = datasets.Features.from_arrow_schema(SCHEMAS[fmt])
+    for dataset in (by_directory, scope["ds"]):
+        assert dataset.features == features
+        assert dataset.to_list() == rows
+    if fmt == "dpo":
+        assert [row["agreement"] for row in rows] == [None] * 3 + [0.0, 0.0]
+    else:
+        spans = [tag["span_start"] for row in rows for turn in row["turns"] for tag in turn["tags"]]
+        assert spans == [None] * 3 + [0]
 
 
 def test_dpo_export_is_what_trl_calls_a_conversational_preference_dataset_with_explicit_prompt(

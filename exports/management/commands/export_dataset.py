@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import sys
 import time
@@ -9,15 +10,16 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.errors import ActionRefused
-from exports.build import export_build
+from exports.build import export_build, termination_raises
 from exports.selection import FILE_FORMATS, FORMATS, ExportParams
 
 
 def _date(value: str) -> dt.date:
+    """An argparse type: its error is reported as a usage error (exit 2), not a traceback."""
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise CommandError(f"{value!r} is not a date (YYYY-MM-DD).") from None
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
 
 def _names(values: list[str] | None) -> tuple[str, ...]:
@@ -82,7 +84,10 @@ class Command(BaseCommand):
                 sys.stderr.flush()
 
         try:
-            result = export_build(params=params, out=options["out"], progress=progress, processes=options["processes"])
+            with termination_raises():
+                result = export_build(
+                    params=params, out=options["out"], progress=progress, processes=options["processes"]
+                )
         except ActionRefused as exc:
             if show:
                 sys.stderr.write("\n")
