@@ -261,8 +261,9 @@ def export_rows(
         for conversations in chunks:
             rows: list[dict[str, Any]] = []
             for conv in conversations:
-                stats.observe(conv)
-                rows.extend(build(conv, sel))
+                built = list(build(conv, sel))
+                stats.observe(conv, sel, built)  # the card counts what the rows hold, filters and all
+                rows.extend(built)
             writer.write(rows)
             report(len(conversations), len(rows))
     return stats

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ import pyarrow as pa
 import yaml
 
 from annotate.models import Study
-from exports.formats import SCHEMAS, vote_value
+from exports.formats import SCHEMAS
 from exports.selection import ConversationData, ExportParams, Selection
 from labeling import agreement
 from labeling.models import Label
@@ -53,35 +54,61 @@ class SelectionStats:
     choices: Counter[str] = field(default_factory=Counter)
     labels: Counter[str] = field(default_factory=Counter)
     vote_patterns: Counter[tuple[str, ...]] = field(default_factory=Counter)
-    tag_patterns: Counter[tuple[frozenset[str], ...]] = field(default_factory=Counter)
+    tag_patterns: Counter[tuple[frozenset[Hashable], ...]] = field(default_factory=Counter)
 
-    def observe(self, conv: ConversationData) -> None:
+    def observe(self, conv: ConversationData, sel: Selection, rows: list[dict[str, Any]]) -> None:
+        """Add one conversation's figures, as far as `rows` (the rows it gave) cover it: the card describes
+        exactly what was exported, whatever the filters (`--model`, `--rater`, `--min-agreement`).
+
+        A conversation that gave no row is not counted. Of one that did: the replies and models that pass the
+        model filter; the votes the rows name (`comparison_id`, or a tree's `votes`), or, for a format whose
+        rows name none (multiturn), every vote the rater filter keeps; the tags on its turns (the selection
+        keeps only the filtered raters' tags), not those on replies of other models. Vote agreement is over
+        the branch points of those votes, each with every kept vote cast there; both agreement figures use
+        the definitions the study dashboard uses (`labeling.agreement.vote_units`, `tag_units`)."""
+        if not rows:
+            return
         self.conversations += 1
         self.completed += conv.status == "completed"
         self.turns += len(conv.turns)
-        self.raters.add(conv.rater)
+        if not sel.params.raters or conv.rater_username in sel.params.raters:
+            self.raters.add(conv.rater)
+        left_out: set[int] = set()  # replies of models the filter leaves out
         for turn in conv.turns.values():
             if turn.role == "assistant" and not turn.is_rewrite:
+                if sel.params.models and not sel.keeps_models(turn.model):
+                    left_out.add(turn.id)
+                    continue
                 self.replies += 1
                 if turn.model:
                     self.models.add(turn.model)
-        by_parent: dict[int, list[str]] = {}
-        for vote in conv.votes:
+        named = _named_votes(rows)
+        kept = [v for v in conv.votes if sel.keeps_vote(v)]
+        if named is not None:
+            units = {v.parent_id for v in kept if v.id in named}
+            counted = [v for v in kept if v.id in named]
+        else:
+            units = {v.parent_id for v in kept}
+            counted = kept
+        for vote in counted:
             self.comparisons += 1
             self.choices[vote.choice] += 1
             self.raters.add(vote.rater)
-            by_parent.setdefault(vote.parent_id, []).append(vote_value(conv, vote))
-        for values in by_parent.values():
-            if len(values) >= 2:
-                self.vote_patterns[tuple(sorted(values))] += 1
-        for tags in conv.tags.values():
-            per_rater: dict[str, set[str]] = {}
-            for tag in tags:
-                self.tags += 1
-                self.labels[tag.label] += 1
-                per_rater.setdefault(tag.rater, set()).add(tag.label)
-            if len(per_rater) >= 2:
-                self.tag_patterns[tuple(sorted((frozenset(s) for s in per_rater.values()), key=sorted))] += 1
+        votes = agreement.vote_units(
+            (v.parent_id, v.rater, agreement.vote_code(v.choice, _position(conv, v.chosen_id)))
+            for v in kept
+            if v.parent_id in units
+        )
+        for coded in votes.values():
+            self.vote_patterns[tuple(sorted(coded.values()))] += 1
+        tags = [tag for turn_id, found in conv.tags.items() if turn_id not in left_out for tag in found]
+        for tag in tags:
+            self.tags += 1
+            self.labels[tag.label] += 1
+            self.raters.add(tag.rater)
+        sets = agreement.tag_units((), ((tag.turn_id, tag.rater, tag.label) for tag in tags))
+        for coded_sets in sets.values():
+            self.tag_patterns[tuple(sorted(coded_sets.values(), key=lambda labels: sorted(map(str, labels))))] += 1
 
     def merge(self, other: SelectionStats) -> None:
         """Add the figures of another, disjoint set of conversations (a part of a split export)."""
@@ -114,6 +141,26 @@ class SelectionStats:
             "tag_alpha_masi": _round(self.tag_alpha()),
             "tag_units": sum(self.tag_patterns.values()),
         }
+
+
+def _named_votes(rows: list[dict[str, Any]]) -> set[int] | None:
+    """The ids of the votes `rows` come from (a pair's `comparison_id`, a tree's `votes`); None when the
+    format's rows name no vote."""
+    named: set[int] = set()
+    found = False
+    for row in rows:
+        if "comparison_id" in row:
+            found = True
+            named.add(row["comparison_id"])
+        if isinstance(row.get("votes"), list):
+            found = True
+            named.update(vote["comparison_id"] for vote in row["votes"])
+    return named if found else None
+
+
+def _position(conv: ConversationData, turn_id: int | None) -> int | None:
+    turn = conv.turns.get(turn_id) if turn_id is not None else None
+    return turn.position if turn is not None else None
 
 
 def _round(value: float | None) -> float | None:
@@ -260,7 +307,7 @@ def _counts(data_file: str, rows: int, stats: SelectionStats) -> list[str]:
         "| | |",
         "|---|---|",
         f"| rows in `{data_file}` | {rows} |",
-        f"| conversations selected | {stats.conversations} ({stats.completed} completed) |",
+        f"| conversations in the rows | {stats.conversations} ({stats.completed} completed) |",
         f"| turns | {stats.turns} |",
         f"| model replies | {stats.replies} |",
         f"| comparisons (votes) | {stats.comparisons} |",

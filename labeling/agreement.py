@@ -178,6 +178,50 @@ def pairwise_kappa(units: Units[V]) -> list[PairKappa]:
     ]
 
 
+# --- the study's definitions: what a unit and a value are, for votes and for tags -------------------
+#
+# The dashboard (labeling.dashboard) and the dataset card (exports.card) both build their units with these
+# functions, so the two report the same figure on the same data (docs/exports.md, "Agreement").
+
+
+def vote_code(choice: str, position: int | None) -> str:
+    """A vote as the category vote agreement counts: the chosen candidate's slot letter (position 0 → "A"),
+    else the choice ("tie", "all_bad"). By slot, not by the chosen reply's id: ids make every branch point a
+    set of categories of its own, which inflates alpha (coin-flipping raters scored ~0.5 that way)."""
+    if choice == "candidate" and position is not None:
+        return chr(ord("A") + position)
+    return choice
+
+
+def vote_units(votes: Iterable[tuple[Hashable, Hashable, str]]) -> dict[Any, dict[Any, str]]:
+    """``{branch point: {rater: code}}`` from ``(branch point, rater, vote_code(...))`` in the order cast, over
+    the branch points (user turns) voted by two raters or more. A rater who voted twice at a branch point (a
+    live vote and a review vote) counts once, with their last vote."""
+    units: dict[Any, dict[Any, str]] = defaultdict(dict)
+    for unit, rater, code in votes:
+        units[unit][rater] = code
+    return {unit: coded for unit, coded in units.items() if len(coded) >= 2}
+
+
+def tag_units(
+    covered: Iterable[tuple[Hashable, Hashable]], tags: Iterable[tuple[Hashable, Hashable, Hashable]]
+) -> dict[Any, dict[Any, frozenset[Hashable]]]:
+    """``{turn: {rater: label set}}`` over the turns coded by two raters or more. A rater *coded* a turn when
+    they cover it (``covered``: (turn, rater) pairs, such as a reviewer's assigned turns) or put a tag on it
+    (``tags``: (turn, rater, label)); a covering rater with no tag there coded it as the empty set ("no
+    label"), which is as much a judgement as a tag."""
+    coded: dict[Any, dict[Any, set[Hashable]]] = defaultdict(dict)
+    for turn, rater in covered:
+        coded[turn].setdefault(rater, set())
+    for turn, rater, label in tags:
+        coded[turn].setdefault(rater, set()).add(label)
+    return {
+        turn: {rater: frozenset(labels) for rater, labels in raters.items()}
+        for turn, raters in coded.items()
+        if len(raters) >= 2
+    }
+
+
 # --- one coder against the others (per-rater figures) ------------------------------------------
 
 

@@ -21,9 +21,11 @@ Choices, each as simple as the data allows:
 * pairwise Cohen's kappa: each distinct label set is a category (strict: {a} against {a, b}
   is a plain disagreement; MASI alpha is the lenient figure);
 * vote agreement: votes grouped by their user turn, the live rater's and the reviewers' (who give
-  their own preference at each branch point), over user turns with ≥ 2 votes; nominal alpha on
-  value = the chosen reply's id, "tie" or "all_bad", and the number of unanimous turns. Strength is
-  left out: "B, slight" and "B, clear" agree;
+  their own preference at each branch point), over user turns voted by ≥ 2 raters (a rater's last
+  vote there counts); nominal alpha on value = the chosen candidate's slot ("A", "B", …), "tie" or
+  "all_bad" (`agreement.vote_code`: by slot, not by reply id, which would give each branch point
+  categories of its own and inflate alpha), and the number of unanimous turns. Strength is left out:
+  "B, slight" and "B, clear" agree. The dataset card uses the same definition (`agreement.vote_units`);
 * grounding rate: finished model replies (chosen or not, rewrites excluded) with at least one
   confirmed grounding-kind tag from anyone, per 100 replies, by model config (labels of kind
   behaviour, such as over-response or topic switch, are no grounding act and do not count); the human
@@ -609,21 +611,23 @@ def _comparisons(study: Study, excluded: set[int]) -> QuerySet[Comparison]:
     return _without(comparisons, excluded, "rater_id", "conversation__rater_id")
 
 
-def _vote_units(study: Study, excluded: set[int]) -> dict[int, dict[int, int | str]]:
-    """{user turn: {rater: chosen reply id, "tie" or "all_bad"}} over the user turns voted by two raters or
-    more; votes that failed an attention check are left out (they judged a planted nonsense reply)."""
+def _vote_units(study: Study, excluded: set[int]) -> dict[int, dict[int, str]]:
+    """{user turn: {rater: slot letter, "tie" or "all_bad"}} over the user turns voted by two raters or more
+    (`agreement.vote_units`, the definition the dataset card shares); votes that failed an attention check are
+    left out (they judged a planted nonsense reply)."""
     comparisons = _comparisons(study, excluded).exclude(attention_passed=False).order_by()
     shared = comparisons.values("parent_id").annotate(raters=Count("rater_id", distinct=True)).filter(raters__gte=2)
-    units: dict[int, dict[int, int | str]] = defaultdict(dict)
-    rows = comparisons.filter(parent_id__in=shared.values("parent_id")).values_list(
-        "parent_id", "rater_id", "choice", "chosen_id"
+    rows = (
+        comparisons.filter(parent_id__in=shared.values("parent_id"))
+        .order_by("parent_id", "id")
+        .values_list("parent_id", "rater_id", "choice", "chosen__position")
     )
-    for parent_id, rater_id, choice, chosen_id in rows:
-        units[parent_id][rater_id] = chosen_id if chosen_id is not None else choice
-    return units
+    return agreement.vote_units(
+        (parent_id, rater_id, agreement.vote_code(choice, position)) for parent_id, rater_id, choice, position in rows
+    )
 
 
-def _vote_figures(units: dict[int, dict[int, int | str]], alpha: float | None) -> VoteFigures:
+def _vote_figures(units: dict[int, dict[int, str]], alpha: float | None) -> VoteFigures:
     unanimous = sum(len(set(votes.values())) == 1 for votes in units.values())
     return VoteFigures(comparisons=len(units), alpha=alpha, unanimous=unanimous)
 

@@ -340,7 +340,8 @@ def test_manifest_and_card_describe_the_export(story, tmp_path):
     assert pq.read_table(out / "dpo.parquet").num_rows == 6
     assert manifest["parameters"]["licence"] == "cc-by-4.0" and manifest["app_version"]
     selection = manifest["selection"]
-    assert (selection["conversations"], selection["comparisons"], selection["confirmed_tags"]) == (2, 6, 5)
+    # Conversation 2 (carol's tie) gives no dpo row: the card does not count it.
+    assert (selection["conversations"], selection["comparisons"], selection["confirmed_tags"]) == (1, 5, 5)
     # Votes: turn 1 (B, B) and turn 2 (A, B) → α = 0; tags: a1B ({clar}, {clar}) and u3
     # ({correction}, {rephrase}) → MASI α = 1 − 0.5 / (10/12) = 0.4.
     assert (selection["vote_alpha"], selection["tag_alpha_masi"]) == (0.0, 0.4)
@@ -348,7 +349,7 @@ def test_manifest_and_card_describe_the_export(story, tmp_path):
     assert card.startswith("---\nlicense: cc-by-4.0\n")
     for expected in (
         "| rows in `dpo.parquet` | 6 |",
-        "| conversations selected | 2 (1 completed) |",
+        "| conversations in the rows | 1 (1 completed) |",
         "0.000 over 2 units",
         "0.400 over 2 units",
         "| `correction` | feedback | -1 | 1 |",

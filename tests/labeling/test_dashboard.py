@@ -183,19 +183,19 @@ def test_vote_agreement_over_live_and_review_votes(study_data, client, make_user
     _review_vote(study_data.second, t["u1"], choice="candidate", chosen_id=t["b1"].pk)
     _review_vote(study_data.first, t["u2"], choice="candidate", chosen_id=t["b2"].pk, strength="slight")
     _review_vote(study_data.second, t["u2"], choice="candidate", chosen_id=t["b2"].pk)
-    # u1: live a1, r1 a1, r2 b1; u2: b2 ×3 (strength does not count). Values a1 ×2, b1, b2 ×3; n = 6.
-    # o[a1,a1] = 2/2, o[a1,b1] = o[b1,a1] = 2/2, o[b2,b2] = 6/2: D_o = 2/6 = 1/3.
-    # D_e = 2 (2*1 + 2*3 + 1*3) / (6*5) = 22/30 = 11/15, alpha = 1 - (1/3)/(11/15) = 1 - 5/11 = 6/11.
+    # Coded by slot: u1: live A (a1), r1 A, r2 B (b1); u2: B (b2) ×3 (strength does not count). Values A ×2,
+    # B ×4; n = 6. o[A,A] = 2/2, o[A,B] = o[B,A] = 2/2, o[B,B] = 6/2: D_o = 2/6 = 1/3.
+    # D_e = 2 (2*4) / (6*5) = 8/15, alpha = 1 - (1/3)/(8/15) = 1 - 5/8 = 3/8.
     votes = study_dashboard(study=study_data.study).votes
-    assert (votes.comparisons, votes.alpha, votes.unanimous) == (2, pytest.approx(6 / 11), 1)
+    assert (votes.comparisons, votes.alpha, votes.unanimous) == (2, pytest.approx(3 / 8), 1)
 
-    # r2 changes their mind on u2: a tie. u2: b2, b2, tie. Values a1 ×2, b1, b2 ×2, tie; n = 6.
-    # o: a1-b1 ×2, b2-tie ×2 off the diagonal → D_o = 4/6 = 2/3. Unordered n_c n_k over c ≠ k:
-    # a1b1 2, a1b2 4, a1tie 2, b1b2 2, b1tie 1, b2tie 2 → 13, D_e = 26/30 = 13/15, alpha = 1 - 10/13 = 3/13.
+    # r2 changes their mind on u2: a tie (their last vote there counts). u1: A, A, B; u2: B, B, tie. Values
+    # A ×2, B ×3, tie; n = 6. o: A-B ×2, B-tie ×2 off the diagonal → D_o = 4/6 = 2/3. Unordered n_c n_k over
+    # c ≠ k: AB 6, Atie 2, Btie 3 → 11, D_e = 22/30 = 11/15, alpha = 1 - 10/11 = 1/11.
     _review_vote(study_data.second, t["u2"], choice="tie")
     dashboard = study_dashboard(study=study_data.study)
     assert (dashboard.votes.comparisons, dashboard.votes.alpha, dashboard.votes.unanimous) == (
-        2, pytest.approx(3 / 13), 0,
+        2, pytest.approx(1 / 11), 0,
     )  # fmt: skip
     raters = {r.username: r for r in dashboard.raters}
     assert (raters["r1"].votes, raters["r1"].median_decision_ms, raters["live"].votes) == (2, None, 2)
@@ -203,7 +203,7 @@ def test_vote_agreement_over_live_and_review_votes(study_data, client, make_user
 
     client.force_login(_researcher(make_user))
     html = client.get(reverse("labeling:dashboard", args=[study_data.study.slug])).content.decode()
-    assert "2 user turns voted by several raters" in html and "0.231" in html
+    assert "2 user turns voted by several raters" in html and "0.091" in html
 
 
 def test_grounding_rates_per_model_against_user_baseline(study_data):
