@@ -101,12 +101,30 @@ class SelectionStats:
         )
         for coded in votes.values():
             self.vote_patterns[tuple(sorted(coded.values()))] += 1
-        tags = [tag for turn_id, found in conv.tags.items() if turn_id not in left_out for tag in found]
+        # Not the review tags of a reviewer whose review expired: they coded part of it and left (as the dashboard).
+        tags = [
+            tag
+            for turn_id, found in conv.tags.items()
+            if turn_id not in left_out
+            for tag in found
+            if tag.task != "review" or tag.rater not in conv.reviewers_gone
+        ]
         for tag in tags:
             self.tags += 1
             self.labels[tag.label] += 1
             self.raters.add(tag.rater)
-        sets = agreement.tag_units((), ((tag.turn_id, tag.rater, tag.label) for tag in tags))
+        # The reviewers covering the conversation coded every turn they were shown (user turns, and finished
+        # replies: those gone on from, or all with `review_all_branches`), a turn left untagged as "no label";
+        # the rule the dashboard applies in SQL (`labeling.dashboard._coded_turns`).
+        lived = {turn.id for turn in conv.lived_path()}  # the replies gone on from are the path's
+        shown = [
+            turn.id
+            for turn in conv.turns.values()
+            if turn.id not in left_out
+            and (turn.role == "user" or (turn.status == "done" and (sel.study.review_all_branches or turn.id in lived)))
+        ]
+        covered = [(turn_id, reviewer) for reviewer in conv.reviewers for turn_id in shown]
+        sets = agreement.tag_units(covered, ((tag.turn_id, tag.rater, tag.label) for tag in tags))
         for coded_sets in sets.values():
             self.tag_patterns[tuple(sorted(coded_sets.values(), key=lambda labels: sorted(map(str, labels))))] += 1
 

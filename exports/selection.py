@@ -27,7 +27,8 @@ from psycopg.pq import Format
 from annotate import tree
 from annotate.models import Comparison, Conversation, Study, Turn
 from annotate.selectors import excluded_raters
-from labeling.models import Label, Tag
+from labeling.models import Label, ReviewAssignment, Tag
+from labeling.selectors import REVIEWS_HOLDING_A_PLACE as COVERING_REVIEWS
 from labeling.selectors import labels_for
 from workers.models import ModelConfig
 
@@ -167,6 +168,11 @@ class ConversationData:
     turns: dict[int, TurnRow] = field(default_factory=dict)
     votes: list[VoteRow] = field(default_factory=list)
     tags: dict[int, list[TagRow]] = field(default_factory=dict)
+    # Pseudonyms of the reviewers who cover it (an open or done review): they coded each turn they were shown,
+    # a turn they left untagged as "no label" (tag agreement, `labeling.agreement.tag_units`).
+    reviewers: list[str] = field(default_factory=list)
+    # ... and of those whose review expired: they coded part of it and left, so their review tags do not count.
+    reviewers_gone: set[str] = field(default_factory=set)
     # What several rows of one conversation share (prompts, votes per branch point), built once.
     memo: dict[Any, Any] = field(default_factory=dict)
 
@@ -379,6 +385,7 @@ class Selection:
         self._load_turns(by_id, ids)
         self._load_votes(by_id, ids)
         self._load_tags(by_id)
+        self._load_reviewers(by_id)
         return list(by_id.values())
 
     def _load_conversations(self, rows: list[tuple[Any, ...]]) -> dict[int, ConversationData]:
@@ -492,6 +499,23 @@ class Selection:
                     linked,
                 )  # fmt: skip
             )
+
+    def _load_reviewers(self, by_id: dict[int, ConversationData]) -> None:
+        """Who covers each conversation in the review pass (open and done reviews) and whose review expired (it
+        codes nothing); not excluded raters, and only the `--rater` ones when the export keeps some raters only."""
+        reviews = ReviewAssignment.objects.filter(conversation_id__in=list(by_id))
+        if self.excluded:
+            reviews = reviews.exclude(rater_id__in=self.excluded)
+        if self.params.raters:
+            reviews = reviews.filter(rater__username__in=self.params.raters)
+        for conversation_id, rater_id, status in reviews.order_by("conversation_id", "rater_id").values_list(
+            "conversation_id", "rater_id", "status"
+        ):
+            conv, reviewer = by_id[conversation_id], self._rater(rater_id)[0]
+            if status in COVERING_REVIEWS:
+                conv.reviewers.append(reviewer)
+            elif status == ReviewAssignment.Status.EXPIRED:
+                conv.reviewers_gone.add(reviewer)
 
     def _rater(self, user_id: int) -> tuple[str, str]:
         """(pseudonym, username) of a user; one query for a user who is neither a rater nor a

@@ -63,7 +63,7 @@ from django.db.models.functions import Coalesce
 from annotate.models import Comparison, Conversation, Participant, Study, Turn
 from labeling import agreement
 from labeling.models import DashboardSnapshot, GoldAnswer, Label, ReviewAssignment, Tag
-from labeling.selectors import labels_for
+from labeling.selectors import REVIEWS_HOLDING_A_PLACE, labels_for
 
 CONFIRMED = Q(status=Tag.Status.CONFIRMED)
 SUGGESTION = Q(source=Tag.Source.SUGGESTION)
@@ -327,7 +327,7 @@ def _tags(study: Study, excluded: set[int]) -> QuerySet[Tag]:
     return _without(tags, excluded, "rater_id", "turn__conversation__rater_id")
 
 
-COVERING = (ReviewAssignment.Status.OPEN, ReviewAssignment.Status.DONE)  # review assignments that code turns
+COVERING = REVIEWS_HOLDING_A_PLACE  # review assignments that code turns (an expired one codes nothing)
 
 
 def _coded_turns(study: Study, excluded: set[int]) -> tuple[dict[int, dict[int, set[int]]], dict[int, str]]:

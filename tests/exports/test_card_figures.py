@@ -102,3 +102,42 @@ def test_card_counts_only_the_votes_of_the_rater_filter(tmp_path):
     assert (selection["vote_units"], selection["vote_alpha"]) == (0, None)
     bob, _ = _selection(tmp_path, "bob", format="dpo", raters=("bob",))
     assert (bob["conversations"], bob["comparisons"], bob["raters"]) == (2, 43, 1)
+
+
+def test_card_and_dashboard_give_the_same_tag_agreement_with_a_reviewers_no_label(tmp_path):
+    """Two reviewers cover alice's conversation: bob tags a reply, carol leaves it untagged. carol's silence is
+    her "no label" for the card as for the dashboard; a third reviewer whose review expired codes nothing."""
+    from labeling.models import Label, ReviewAssignment, Tag
+
+    users = {name: get_user_model().objects.create_user(name) for name in ("alice", "bob", "carol", "dave")}
+    config = ModelConfig.objects.create(name="model-plain", model_path="/m")
+    study = Study.objects.create(name="Tag study", slug="random")
+    scenario = Scenario.objects.create(study=study, external_id="s", title="S", brief="B")
+    conv = Conversation.objects.create(study=study, scenario=scenario, rater=users["alice"], status="completed")
+    parent, replies = None, []
+    for depth in range(3):
+        user = Turn.objects.create(conversation=conv, parent=parent, role="user", depth=2 * depth, text="Hi")
+        reply = Turn.objects.create(
+            conversation=conv, parent=user, role="assistant", depth=2 * depth + 1, text="r", model_config=config
+        )
+        Comparison.objects.create(
+            conversation=conv, parent=user, rater=users["alice"], choice="candidate", chosen=reply,
+            continued_from=reply, task="live",
+        )  # fmt: skip
+        parent = reply
+        replies.append(reply)
+    Conversation.objects.filter(pk=conv.pk).update(head=parent)
+    for name, status in (("bob", "done"), ("carol", "done"), ("dave", "expired")):
+        ReviewAssignment.objects.create(conversation=conv, rater=users[name], status=status)
+    clarification = Label.objects.get(name="clarification")
+    for reply in replies:
+        Tag.objects.create(turn=reply, label=clarification, rater=users["bob"], task="review")
+    Tag.objects.create(turn=replies[0], label=clarification, rater=users["carol"], task="review")
+    Tag.objects.create(turn=replies[1], label=clarification, rater=users["dave"], task="review")
+
+    dashboard = study_dashboard(study=study)
+    selection, _ = _selection(tmp_path, "tags", format="tree")
+    # bob and carol code every turn shown (3 messages, 3 replies): they agree on 4 turns of 6
+    assert dashboard.coded_turns == selection["tag_units"] == 6
+    assert dashboard.masi_alpha is not None
+    assert selection["tag_alpha_masi"] == round(dashboard.masi_alpha, 4)
