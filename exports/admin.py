@@ -54,6 +54,10 @@ class ExportForm(forms.Form):
     grounding_weight = forms.FloatField(initial=0.0, help_text="multiturn: reward per grounding act")
     segment_turns = forms.IntegerField(initial=3, min_value=1, help_text="segments: longest segment in messages")
     licence = forms.CharField(initial="other", max_length=100, help_text="Written in the dataset card")
+    split = forms.CharField(
+        required=False, max_length=200, help_text="Splits and shares, e.g. train=0.9,test=0.1 (empty: one file)"
+    )
+    split_seed = forms.IntegerField(initial=0, help_text="Seed of the assignment of conversations to splits")
 
     def params(self) -> ExportParams:
         data = self.cleaned_data

@@ -39,6 +39,8 @@ class ExportResult:
     rows: int
     conversations: int
     sha256: str
+    # Every data file: one, or one per split (`--split`), in the order the splits were given.
+    data_files: tuple[Path, ...] = ()
 
 
 def _refuse(message: str) -> ActionRefused:
@@ -105,7 +107,8 @@ def export_build(
 ) -> ExportResult:
     """Write `out/` (data file, README.md, manifest.json) or nothing at all.
 
-    Conversations are read `chunk` at a time (default: `chunk_for`).
+    Conversations are read `chunk` at a time (default: `chunk_for`). With `params.split`, each
+    conversation's rows go to the data file of its split (`Selection.split_for`).
     With `processes` > 1 (default: settings.EXPORT_PROCESSES) a selection of several chunks is
     split into runs of whole chunks written by that many processes at once, then joined in
     order: the same file as one process writes (see `export_parts`).
@@ -120,26 +123,40 @@ def export_build(
     processes = settings.EXPORT_PROCESSES if processes is None else processes
     spans = sel.spans(total=total, chunk=chunk, parts=processes) if processes > 1 and sel.concurrent_reads() else []
     counted = _Counted(total, progress)
-    name = writers.data_file_name(params.format, params.file_format, params.gzip)
+    names = {
+        split: writers.data_file_name(params.format, params.file_format, params.gzip, split if params.split else None)
+        for split in sel.split_names()
+    }
     try:
         with writers.staging_dir(out) as staging:
-            writer = writers.RowWriter(
-                staging / name,
-                file_format=params.file_format,
-                compress=params.gzip,
-                schema=formats.SCHEMAS[params.format],
-            )
+            outs: Outputs = {}
             try:
-                stats = _rows_written(sel, writer, spans, staging=staging, chunk=chunk, counted=counted)
+                for split, name in names.items():
+                    outs[split] = writers.RowWriter(
+                        staging / name,
+                        file_format=params.file_format,
+                        compress=params.gzip,
+                        schema=formats.SCHEMAS[params.format],
+                    )
+                stats = _rows_written(sel, outs, spans, staging=staging, chunk=chunk, counted=counted)
             finally:
-                writer.close()
-            _rows_required(writer, total=total, fmt=params.format)
-            _card_written(sel, staging, writer=writer, stats=stats)
+                for writer in outs.values():
+                    writer.close()
+            _rows_required(sel, outs, total=total)
+            _card_written(sel, staging, outs=outs, stats=stats)
     except writers.OutputError as exc:
         raise _refuse(str(exc)) from exc
     except OSError as exc:
         raise _refuse(f"Writing the export to {out} failed: {exc.strerror or exc}.") from exc
-    return ExportResult(out=out, data_file=out / name, rows=writer.rows, conversations=total, sha256=writer.sha256)
+    first = next(iter(outs.values()))
+    return ExportResult(
+        out=out,
+        data_file=out / first.path.name,
+        rows=sum(writer.rows for writer in outs.values()),
+        conversations=total,
+        sha256=first.sha256,
+        data_files=tuple(out / writer.path.name for writer in outs.values()),
+    )
 
 
 def _output_checked(out: Path) -> Path:
@@ -191,38 +208,54 @@ def _selected_count(sel: Selection) -> int:
     return total
 
 
+# split name → the writer of its data file ({"train": …} for an unsplit export)
+Outputs = dict[str, writers.RowWriter]
+
+
 def _rows_written(
     sel: Selection,
-    writer: writers.RowWriter,
+    outs: Outputs,
     spans: list[Span],
     *,
     staging: Path,
     chunk: int,
     counted: _Counted,
 ) -> card.SelectionStats:
-    """The rows into `writer`, by several processes when the selection was split into spans,
-    else by this one: either way the same file."""
+    """The rows into `outs`, by several processes when the selection was split into spans,
+    else by this one: either way the same files."""
     if len(spans) > 1:
         logger.info("Export of %s as %s: %d conversations in %d processes", sel.study.slug,
                     sel.params.format, counted.total, len(spans))  # fmt: skip
-        return export_parts(sel, spans, writer=writer, staging=staging, chunk=chunk, report=counted.add)
-    return export_rows(sel, writer, chunk=chunk, report=counted.add)
+        return export_parts(sel, spans, outs=outs, staging=staging, chunk=chunk, report=counted.add)
+    return export_rows(sel, outs, chunk=chunk, report=counted.add)
 
 
-def _rows_required(writer: writers.RowWriter, *, total: int, fmt: str) -> None:
-    """Refuse an export without rows: an empty dataset is a mistake in the filters, not a result."""
-    if writer.rows == 0:
+def _rows_required(sel: Selection, outs: Outputs, *, total: int) -> None:
+    """Refuse an export without rows: an empty dataset is a mistake in the filters, not a result.
+    So is an empty split: too few conversations for its share (or a seed that left it none)."""
+    fmt = sel.params.format
+    if sum(writer.rows for writer in outs.values()) == 0:
         raise _refuse(
             f"The {total} selected conversations give no `{fmt}` rows "
             "(no votes, or none that pass the filters): nothing to export."
         )
+    empty = [split for split, writer in outs.items() if writer.rows == 0]
+    if sel.params.split and empty:
+        raise _refuse(
+            f"The split {', '.join(empty)} gets no `{fmt}` rows from the {total} selected conversations: "
+            "give it a larger share, or split a larger selection."
+        )
 
 
-def _card_written(sel: Selection, staging: Path, *, writer: writers.RowWriter, stats: card.SelectionStats) -> None:
-    """manifest.json and README.md beside the finished data file, which they describe (name,
-    rows, size and digest)."""
-    name = writer.path.name
-    files = [{"path": name, "rows": writer.rows, "bytes": (staging / name).stat().st_size, "sha256": writer.sha256}]
+def _card_written(sel: Selection, staging: Path, *, outs: Outputs, stats: card.SelectionStats) -> None:
+    """manifest.json and README.md beside the finished data files, which they describe (name,
+    split of a split export, rows, size and digest)."""
+    files: list[dict[str, Any]] = []
+    for split, writer in outs.items():
+        name = writer.path.name
+        declared = {"split": split} if sel.params.split else {}
+        size = (staging / name).stat().st_size
+        files.append({**declared, "path": name, "rows": writer.rows, "bytes": size, "sha256": writer.sha256})
     manifest = card.manifest_json(params=sel.params, files=files, stats=stats, quality=card.quality_manifest(sel))
     (staging / "manifest.json").write_text(manifest)
     (staging / "README.md").write_text(card.card_markdown(sel=sel, files=files, stats=stats))
@@ -251,21 +284,24 @@ class _Counted:
 
 
 def export_rows(
-    sel: Selection, writer: writers.RowWriter, *, chunk: int, report: Callable[[int, int], None]
+    sel: Selection, outs: Outputs, *, chunk: int, report: Callable[[int, int], None]
 ) -> card.SelectionStats:
-    """Write the rows of the selection (or of its span), chunk by chunk; `report(conversations,
-    rows)` after each. Returns the figures for the dataset card."""
+    """Write the rows of the selection (or of its span), chunk by chunk, each conversation's to
+    its split's writer; `report(conversations, rows)` after each. Returns the figures for the
+    dataset card."""
     build = formats.BUILDERS[sel.params.format]
+    split_for = sel.split_for()
     stats = card.SelectionStats()
     with closing(sel.chunks(size=chunk)) as chunks:  # stops a read-ahead thread on failure
         for conversations in chunks:
-            rows: list[dict[str, Any]] = []
+            rows: dict[str, list[dict[str, Any]]] = {split: [] for split in outs}
             for conv in conversations:
                 built = list(build(conv, sel))
                 stats.observe(conv, sel, built)  # the card counts what the rows hold, filters and all
-                rows.extend(built)
-            writer.write(rows)
-            report(len(conversations), len(rows))
+                rows[split_for(conv.id)].extend(built)
+            for split, writer in outs.items():
+                writer.write(rows[split])
+            report(len(conversations), sum(len(split_rows) for split_rows in rows.values()))
     return stats
 
 
@@ -277,12 +313,12 @@ def export_parts(
     sel: Selection,
     spans: list[Span],
     *,
-    writer: writers.RowWriter,
+    outs: Outputs,
     staging: Path,
     chunk: int,
     report: Callable[[int, int], None],
 ) -> card.SelectionStats:
-    """Write each span in a process of its own, then append the parts to `writer` in order.
+    """Write each span in a process of its own, then append the parts to `outs` in order.
 
     Rows depend only on their conversation, and each span is a run of the same chunks one
     process would read, so the joined file is byte for byte the one process's file.
@@ -298,24 +334,28 @@ def export_parts(
     parts: list[_Part] = []
     try:
         for index, span in enumerate(spans):
-            parts.append(_part_start(sel, span, index, staging=staging, part_format=part_format, chunk=chunk))
+            parts.append(
+                _part_start(sel, span, index, splits=list(outs), staging=staging, part_format=part_format, chunk=chunk)
+            )
         _parts_awaited(parts, report)
     finally:
         _parts_reaped(parts)
-    return _parts_joined(parts, writer)
+    return _parts_joined(parts, outs)
 
 
-def _part_start(sel: Selection, span: Span, index: int, *, staging: Path, part_format: str, chunk: int) -> _Part:
-    """Fork the process that writes one span to its own part file; this process keeps the
-    reading end of the pipe the part reports through."""
+def _part_start(
+    sel: Selection, span: Span, index: int, *, splits: list[str], staging: Path, part_format: str, chunk: int
+) -> _Part:
+    """Fork the process that writes one span to its own part file (one per split); this process
+    keeps the reading end of the pipe the part reports through."""
     messages, sender = Pipe(duplex=False)
-    path = staging / f".part-{index}"
+    paths = {split: staging / (f".part-{index}-{split}" if sel.params.split else f".part-{index}") for split in splits}
     pid = os.fork()
     if pid == 0:  # the part's process: never returns
         messages.close()
-        _part_main(replace(sel, span=span), path, part_format, chunk, sender)
+        _part_main(replace(sel, span=span), paths, part_format, chunk, sender)
     sender.close()
-    return _Part(index, pid, messages, path)
+    return _Part(index, pid, messages, paths)
 
 
 def _parts_awaited(parts: list[_Part], report: Callable[[int, int], None]) -> None:
@@ -354,16 +394,17 @@ def _parts_reaped(parts: list[_Part]) -> None:
         part.messages.close()
 
 
-def _parts_joined(parts: list[_Part], writer: writers.RowWriter) -> card.SelectionStats:
-    """Append the finished parts to `writer` in span order (which makes the file the one a
+def _parts_joined(parts: list[_Part], outs: Outputs) -> card.SelectionStats:
+    """Append the finished parts to `outs` in span order (which makes each file the one a
     single process writes) and add up their card figures; each part file goes once copied."""
     stats = card.SelectionStats()
     for part in parts:
         assert part.result is not None
         rows, part_stats = part.result
-        writer.write_part(part.path, rows)
+        for split, writer in outs.items():
+            writer.write_part(part.paths[split], rows[split])
+            part.paths[split].unlink()
         stats.merge(part_stats)
-        part.path.unlink()
     return stats
 
 
@@ -372,27 +413,30 @@ class _Part:
     index: int
     pid: int
     messages: Connection  # what the part sends: ("progress" | "done" | "refused" | "failed", …)
-    path: Path
-    result: tuple[int, card.SelectionStats] | None = None  # (rows, figures) once done
+    paths: dict[str, Path]  # split → the part's file of it
+    result: tuple[dict[str, int], card.SelectionStats] | None = None  # (rows per split, figures) once done
 
     @property
     def name(self) -> str:
         return f"export-part-{self.index}"
 
 
-def _part_main(sel: Selection, path: Path, part_format: str, chunk: int, messages: Connection) -> NoReturn:
-    """One part, in its forked process: its rows to `path`, everything else through `messages`.
-    Leaves by `os._exit`, so nothing of the parent (atexit hooks, buffers) runs twice."""
+def _part_main(sel: Selection, paths: dict[str, Path], part_format: str, chunk: int, messages: Connection) -> NoReturn:
+    """One part, in its forked process: its rows to `paths` (by split), everything else through
+    `messages`. Leaves by `os._exit`, so nothing of the parent (atexit hooks, buffers) runs twice."""
     status = 1
     try:
-        part = writers.RowWriter(
-            path, file_format=part_format, compress=False, schema=formats.SCHEMAS[sel.params.format]
-        )
+        outs: Outputs = {}
         try:
-            stats = export_rows(sel, part, chunk=chunk, report=lambda c, r: messages.send(("progress", c, r)))
+            for split, path in paths.items():
+                outs[split] = writers.RowWriter(
+                    path, file_format=part_format, compress=False, schema=formats.SCHEMAS[sel.params.format]
+                )
+            stats = export_rows(sel, outs, chunk=chunk, report=lambda c, r: messages.send(("progress", c, r)))
         finally:
-            part.close()
-        messages.send(("done", part.rows, stats))
+            for part in outs.values():
+                part.close()
+        messages.send(("done", {split: part.rows for split, part in outs.items()}, stats))
         status = 0
     except ActionRefused as exc:
         messages.send(("refused", exc.message, None))

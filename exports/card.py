@@ -8,6 +8,7 @@ is kept as Krippendorff value patterns, whose number is bounded by the taxonomy,
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -17,10 +18,11 @@ import pyarrow as pa
 import yaml
 
 from annotate.models import Study
-from exports.formats import SCHEMAS
-from exports.selection import ConversationData, ExportParams, Selection
+from exports.formats import SCHEMAS, column_description
+from exports.selection import ConversationData, ExportParams, Selection, split_shares
 from labeling import agreement
 from labeling.models import Label
+from workers.models import ModelConfig
 
 APP_VERSION = "0.4.0"
 
@@ -55,6 +57,11 @@ class SelectionStats:
     labels: Counter[str] = field(default_factory=Counter)
     vote_patterns: Counter[tuple[str, ...]] = field(default_factory=Counter)
     tag_patterns: Counter[tuple[frozenset[Hashable], ...]] = field(default_factory=Counter)
+    # For the card's prose only (not the manifest): who did what, in which years, each model in how many conversations.
+    live_raters: set[str] = field(default_factory=set)
+    reviewers: set[str] = field(default_factory=set)
+    years: set[int] = field(default_factory=set)
+    model_conversations: Counter[str] = field(default_factory=Counter)
 
     def observe(self, conv: ConversationData, sel: Selection, rows: list[dict[str, Any]]) -> None:
         """Add one conversation's figures, as far as `rows` (the rows it gave) cover it: the card describes
@@ -71,8 +78,11 @@ class SelectionStats:
         self.conversations += 1
         self.completed += conv.status == "completed"
         self.turns += len(conv.turns)
+        self.years.add(conv.started_at.year)
         if not sel.params.raters or conv.rater_username in sel.params.raters:
             self.raters.add(conv.rater)
+            self.live_raters.add(conv.rater)
+        models_here: set[str] = set()
         left_out: set[int] = set()  # replies of models the filter leaves out
         for turn in conv.turns.values():
             if turn.role == "assistant" and not turn.is_rewrite:
@@ -82,6 +92,8 @@ class SelectionStats:
                 self.replies += 1
                 if turn.model:
                     self.models.add(turn.model)
+                    models_here.add(turn.model)
+        self.model_conversations.update(models_here)
         named = _named_votes(rows)
         kept = [v for v in conv.votes if sel.keeps_vote(v)]
         if named is not None:
@@ -94,6 +106,8 @@ class SelectionStats:
             self.comparisons += 1
             self.choices[vote.choice] += 1
             self.raters.add(vote.rater)
+            if vote.task == "review":
+                self.reviewers.add(vote.rater)
         votes = agreement.vote_units(
             (v.parent_id, v.rater, agreement.vote_code(v.choice, _position(conv, v.chosen_id)))
             for v in kept
@@ -113,6 +127,8 @@ class SelectionStats:
             self.tags += 1
             self.labels[tag.label] += 1
             self.raters.add(tag.rater)
+            if tag.task == "review":
+                self.reviewers.add(tag.rater)
         # The reviewers covering the conversation coded every turn they were shown (user turns, and finished
         # replies: those gone on from, or all with `review_all_branches`), a turn left untagged as "no label";
         # the rule the dashboard applies in SQL (`labeling.dashboard._coded_turns`).
@@ -132,9 +148,9 @@ class SelectionStats:
         """Add the figures of another, disjoint set of conversations (a part of a split export)."""
         for name in ("conversations", "completed", "turns", "replies", "comparisons", "tags"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.raters |= other.raters
-        self.models |= other.models
-        for counter in ("choices", "labels", "vote_patterns", "tag_patterns"):
+        for names in ("raters", "models", "live_raters", "reviewers", "years"):
+            getattr(self, names).update(getattr(other, names))
+        for counter in ("choices", "labels", "vote_patterns", "tag_patterns", "model_conversations"):
             getattr(self, counter).update(getattr(other, counter))
 
     def vote_alpha(self) -> float | None:
@@ -226,17 +242,20 @@ def card_markdown(*, sel: Selection, files: list[dict[str, Any]], stats: Selecti
     """The dataset card: front matter for the Hugging Face Hub, then a section per question a
     reader of the dataset asks (how it was made, how much, how reliable, how to load it)."""
     params, study = sel.params, sel.study
-    data_file = files[0]["path"]
     sections = [
         _front_matter(params, study, files),
         _collection(params, study),
-        _counts(data_file, files[0]["rows"], stats),
+        _collection_details(sel, stats),
+        _counts(files, stats),
+        _columns(params.format),
         _quality(sel),
         _agreement(stats),
         _taxonomy(sel.labels, stats),
+        _limitations(stats),
         _parameters(params),
-        _loading(params, data_file),
+        _loading(params, files[0]["path"]),  # the one-file example: the first split
         _licence(params),
+        _citation(params, study, stats),
     ]
     return "\n".join(line for section in sections for line in section)
 
@@ -317,14 +336,133 @@ def _collection(params: ExportParams, study: Study) -> list[str]:
     return lines
 
 
-def _counts(data_file: str, rows: int, stats: SelectionStats) -> list[str]:
-    """How much data there is, and from how many people and models."""
+def _collection_details(sel: Selection, stats: SelectionStats) -> list[str]:
+    """The study settings that shape the data, the models in the rows and how they sampled, and who judged:
+    what a reader needs to compare this data with another study's."""
+    study = sel.study
+    configs = {config.name: config for config in ModelConfig.objects.filter(name__in=stats.models)}
+    lines = [
+        "### Study settings",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| candidate replies per user turn (K) | {study.candidates_per_turn} |",
+        f"| user turns per conversation, at most | {study.max_user_turns} |",
+        f"| after a tie or all bad (`tie_policy`) | `{study.tie_policy}`: {study.get_tie_policy_display()} |",
+        f"| model names shown to raters | {'yes' if study.show_model_names else 'no (blind)'} |",
+        f"| raters per scenario | {study.overlap} |",
+        f"| reviewers per conversation (review overlap) | {study.review_overlap} |",
+        f"| reviewers see every branch | {'yes' if study.review_all_branches else 'no (the lived path)'} |",
+        f"| attention-check rate | {study.attention_check_rate:g} |",
+        f"| tags required before a vote | {'yes' if study.tags_required_before_vote else 'no'} |",
+        "",
+        "### Models",
+        "",
+    ]
+    if stats.models:
+        # The config as it stands at export time; the parameters each reply was sampled with are in the
+        # `tree` format's `params`, should a config have changed during the study.
+        lines += ["| model config | backend | generation parameters | system prompt |", "|---|---|---|---|"]
+        for name in sorted(stats.models):
+            config = configs.get(name)
+            if config is None:
+                lines.append(f"| `{name}` | unknown | unknown | unknown |")
+                continue
+            sampled = json.dumps(config.effective_params(), sort_keys=True, ensure_ascii=False).replace("|", "\\|")
+            lines.append(f"| `{name}` | {config.backend} | `{sampled}` | {'yes' if config.system_prompt else 'no'} |")
+        lines += ["", "Generation parameters as the configs stand at export time; `tree` rows give each reply's own."]
+    else:
+        lines.append("No model reply is in the rows.")
+    n = sel.excluded_raters
+    lines += [
+        "",
+        "### Raters",
+        "",
+        f"- {len(stats.raters)} rater{'s' if len(stats.raters) != 1 else ''} in the rows: "
+        f"{len(stats.live_raters)} holding conversations, {len(stats.reviewers)} reviewing (one person may do both).",
+        f"- Quality control excluded {n} rater{'s' if n != 1 else ''} ({sel.excluded_conversations} "
+        f"conversation{'s' if sel.excluded_conversations != 1 else ''}); see Quality control.",
+        "",
+    ]
+    return lines
+
+
+def _type_name(dtype: pa.DataType) -> str:
+    """An Arrow type as a reader writes it: `list<struct<role: string, content: string>>`, `float64`."""
+    if pa.types.is_struct(dtype):
+        fields = (f"{dtype.field(i).name}: {_type_name(dtype.field(i).type)}" for i in range(dtype.num_fields))
+        return f"struct<{', '.join(fields)}>"
+    if pa.types.is_list(dtype):
+        return f"list<{_type_name(dtype.value_type)}>"
+    return _DTYPE_NAMES.get(str(dtype), str(dtype))
+
+
+def _columns(fmt: str) -> list[str]:
+    """One line per column of the format's schema (the one the Parquet writer and the front matter use)."""
+    lines = ["## Columns", "", "| column | type | description |", "|---|---|---|"]
+    for column in SCHEMAS[fmt]:
+        description = (column_description(fmt, column.name) or "").replace("|", "\\|")
+        lines.append(f"| `{column.name}` | `{_type_name(column.type)}` | {description} |")
+    return [*lines, ""]
+
+
+# Fewer raters than this, or conversations per model, and the card says the figures rest on little.
+FEW_RATERS = 10
+FEW_CONVERSATIONS = 5
+
+
+def _limitations(stats: SelectionStats) -> list[str]:
+    """What the data cannot support: fixed caveats of the method, and those this export's figures show."""
+    lines = [
+        "## Limitations",
+        "",
+        "- Raters are study participants (possibly crowd workers) playing given scenarios, not users with "
+        "their own needs, nor experts; their preferences need not be those of any population.",
+        "- One language: the study ran in English (`en` above); no language is detected per row.",
+        "- A vote compares the candidates of one branch point only: preferences across branch points, raters "
+        "or studies are not on one scale.",
+        "- Model replies are those of the configs listed above, with their settings; other decoding or "
+        "system prompts would give other replies.",
+    ]
+    raters = len(stats.raters)
+    if raters < FEW_RATERS:
+        lines.append(f"- Only {raters} rater{'s' if raters != 1 else ''}: the judgements reflect few people's views.")
+    few = sorted(name for name in stats.models if stats.model_conversations[name] < FEW_CONVERSATIONS)
+    if few:
+        judged = ", ".join(f"`{name}` ({stats.model_conversations[name]})" for name in few)
+        lines.append(f"- Models judged in fewer than {FEW_CONVERSATIONS} conversations: {judged}.")
+    if stats.vote_alpha() is None:
+        lines.append("- Vote agreement is not measured: no branch point in the rows has two raters' votes.")
+    return [*lines, ""]
+
+
+def _citation(params: ExportParams, study: Study, stats: SelectionStats) -> list[str]:
+    """A BibTeX entry for the dataset: the study, the format, and the last year of collection in the rows."""
+    year = max(stats.years) if stats.years else study.created_at.year
+    key = re.sub(r"[^a-z0-9]+", "_", f"commonground {study.slug} {params.format} {year}".lower()).strip("_")
+    name = re.sub(r"[{}\\\s]+", " ", study.name).strip()  # no brace or backslash to unbalance the entry
+    return [
+        "## Citation",
+        "",
+        "```bibtex",
+        f"@misc{{{key},",
+        f"  title = {{{name}: {params.format} export}},",
+        f"  howpublished = {{Dataset collected and exported with Common Ground {APP_VERSION}, study {study.slug}}},",
+        f"  year = {{{year}}},",
+        "}",
+        "```",
+        "",
+    ]
+
+
+def _counts(files: list[dict[str, Any]], stats: SelectionStats) -> list[str]:
+    """How much data there is (rows per data file: one per split), and from how many people and models."""
     return [
         "## Counts",
         "",
         "| | |",
         "|---|---|",
-        f"| rows in `{data_file}` | {rows} |",
+        *(f"| rows in `{file['path']}` | {file['rows']} |" for file in files),
         f"| conversations in the rows | {stats.conversations} ({stats.completed} completed) |",
         f"| turns | {stats.turns} |",
         f"| model replies | {stats.replies} |",
@@ -424,13 +562,26 @@ def _loading(params: ExportParams, data_file: str) -> list[str]:
         "from datasets import load_dataset, load_dataset_builder",
         "",
         "export_dir = os.getcwd()  # this card's directory",
-        'ds = load_dataset(export_dir, split="train")',
+        *_loading_splits(params),
         "",
         "features = load_dataset_builder(export_dir).info.features",
-        f'ds = load_dataset("{loader}", data_files="{data_file}", features=features, split="train")',
+        f'ds = load_dataset("{loader}", data_files="{data_file}", features=features, split="{_first_split(params)}")',
         "```",
         "",
     ]
+
+
+def _first_split(params: ExportParams) -> str:
+    """The split of the first data file (the one the snippet loads alone): "train" unless `--split` named another."""
+    return next((name for name, _ in split_shares(params.split)), "train")
+
+
+def _loading_splits(params: ExportParams) -> list[str]:
+    """The snippet's line loading the directory: one split, or every split of a `--split` export."""
+    names = [name for name, _ in split_shares(params.split)]
+    if not names:
+        return ['ds = load_dataset(export_dir, split="train")']
+    return [f"dsd = load_dataset(export_dir)  # a DatasetDict: {', '.join(names)}", f'ds = dsd["{names[0]}"]']
 
 
 def _licence(params: ExportParams) -> list[str]:

@@ -782,3 +782,92 @@ SCHEMAS: dict[str, pa.Schema] = {
         ]
     ),
 }
+
+# One line per column for the dataset card's column table: `COLUMN_DESCRIPTIONS` where a name means the
+# same in every format, `FORMAT_COLUMN_DESCRIPTIONS[format]` where it means something else there. A column
+# added to `SCHEMAS` without a line here fails `tests/exports/test_card_sections.py`.
+COLUMN_DESCRIPTIONS: dict[str, str] = {
+    "prompt": "System prompt (if the sides share one) and the lived history up to and including the user turn.",
+    "chosen": "The preferred reply, one assistant message.",
+    "rejected": "The other reply, one assistant message.",
+    "completion": "The judged reply, one assistant message.",
+    "label": "True for the chosen candidate or a rewrite, false for the others and for all-bad candidates.",
+    "study": "Study slug.",
+    "conversation_id": "Conversation id (database integer).",
+    "scenario": "Scenario external id.",
+    "turn_index": "1-based number of the user turn (the branch point).",
+    "comparison_id": "Id of the vote the row comes from.",
+    "task": "`live` (the rater's own vote) or `review` (a reviewer's).",
+    "rater": "Rater pseudonym (`rater-<id>`).",
+    "choice": "`candidate`, `tie` or `all_bad`.",
+    "strength": "`clear`, `slight` or empty.",
+    "chosen_is_rewrite": "The chosen side is the rater's rewrite (human text).",
+    "chosen_turn_id": "Turn id of the chosen reply.",
+    "rejected_turn_id": "Turn id of the rejected reply.",
+    "chosen_model": "Model config of the chosen reply; null for a rewrite.",
+    "rejected_model": "Model config of the rejected reply; null for a rewrite.",
+    "chosen_source": "Who wrote the chosen reply: `model` or `human`.",
+    "rejected_source": "Who wrote the rejected reply: `model` or `human`.",
+    "chosen_tags": "Distinct confirmed labels on the chosen reply.",
+    "rejected_tags": "Distinct confirmed labels on the rejected reply.",
+    "votes": "Votes (live and review) at the branch point.",
+    "agreement": "Share of the other votes at the branch point that made the same choice; null with one vote.",
+    "turn_id": "Turn id of the reply.",
+    "model": "Model config of the reply; null for a rewrite.",
+    "source": "Who wrote the reply: `model` or `human`.",
+    "is_rewrite": "The reply is the rater's rewrite (human text).",
+    "tags": "Distinct confirmed labels on the reply.",
+    "question_id": "`<conversation id>-<user turn id>`.",
+    "model_a": "Model config of the first candidate (slot order).",
+    "model_b": "Model config of the second candidate (slot order).",
+    "winner": "`model_a`, `model_b`, `tie` or `tie (bothbad)`.",
+    "judge": "Rater pseudonym.",
+    "conversation_a": "System prompt, history and model A's reply.",
+    "conversation_b": "System prompt, history and model B's reply.",
+    "turn": "1-based user turn number.",
+    "anony": "Always true: raters never saw model names.",
+    "tstamp": "Vote time, Unix seconds.",
+    "status": "`active`, `completed` or `abandoned`.",
+    "started_at": "Conversation start, ISO 8601 UTC.",
+    "ended_at": "Conversation end, ISO 8601 UTC; null while active.",
+    "outcome": "The rater's outcome survey: goal reached, understanding 1-5, comment.",
+    "lived_path": "Turn ids from the first user message to the head.",
+    "turns": "Every turn of every branch, with parent ids, generation details, rank, verdict and tags.",
+    "reward": "Multi-turn-aware reward: preference + feedback return + outcome term + grounding term.",
+    "preference": "Immediate preference from the live vote that put the reply on the path.",
+    "feedback": "Implicit feedback on this and later replies: `{k, turn_index, value, labels}` per step.",
+    "feedback_return": "Discounted sum of the feedback values.",
+    "grounding_acts": "Distinct grounding labels on the reply.",
+    "outcome_term": "The outcome discounted to this reply (0 without a survey).",
+    "gamma": "Discount used (`--gamma`).",
+    "num_turns": "Replies on the lived path.",
+    "segment_messages": "Messages on each side of the segment.",
+    "error_turn_id": "The reply the user reacted to as an error.",
+    "error_labels": "The negative feedback labels of that reaction.",
+}
+FORMAT_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "reward": {
+        "chosen": "System prompt (if shared), history and the preferred reply.",
+        "rejected": "System prompt (if shared), history and the other reply.",
+    },
+    "multiturn": {
+        "prompt": "System prompt of the reply's config and the lived history before the reply.",
+        "outcome": "The outcome survey as a number in [-1, 1]; null without a survey.",
+        "rater": "Pseudonym of the conversation's rater.",
+    },
+    "segments": {
+        "prompt": "System prompt (if the sides share one) and the history before the segment.",
+        "chosen": "The preferred segment (messages).",
+        "rejected": "The other segment, cut to the same number of messages.",
+    },
+    "tree": {
+        "scenario": "The scenario: external id, title, brief and hidden intent.",
+        "rater": "Pseudonym of the conversation's rater.",
+        "votes": "Every kept vote: branch point, task, rater, choice, chosen turn, strength, reason, timing.",
+    },
+}
+
+
+def column_description(fmt: str, column: str) -> str | None:
+    """The card's one-line description of a column of `fmt`; None for a column nobody documented."""
+    return FORMAT_COLUMN_DESCRIPTIONS.get(fmt, {}).get(column, COLUMN_DESCRIPTIONS.get(column))

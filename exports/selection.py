@@ -9,9 +9,11 @@ millions of turns would cost more than the export itself.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import queue
+import re
 import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -68,6 +70,8 @@ class ExportParams:
     grounding_weight: float = 0.0  # multiturn: reward per grounding act on the turn
     segment_turns: int = 3  # segments: longest segment, in messages
     licence: str = "other"
+    split: str = ""  # "train=0.9,test=0.1": conversations shared out among named splits, one file each
+    split_seed: int = 0  # which conversations go where (the same seed, the same assignment)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExportParams:
@@ -84,11 +88,62 @@ class ExportParams:
     def as_manifest(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name in self.__dataclass_fields__:
+            if name in _SPLIT_FIELDS and not self.split:  # an unsplit export's manifest stays as it was
+                continue
             value = getattr(self, name)
             out[name] = (
                 value.isoformat() if isinstance(value, dt.date) else list(value) if isinstance(value, tuple) else value
             )
         return out
+
+
+_SPLIT_FIELDS = ("split", "split_seed")
+_SPLIT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def split_shares(spec: str) -> tuple[tuple[str, float], ...]:
+    """The named shares of a `--split` value ("train=0.9,test=0.1"), in the order given; () for "".
+
+    Raises ValueError with a message for the user: a name that `datasets` would not take as a
+    split, a name twice, a share not in (0, 1], or shares that do not add up to 1.
+    """
+    if not spec.strip():
+        return ()
+    shares: list[tuple[str, float]] = []
+    for item in spec.split(","):
+        name, sep, share_text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"“{item.strip()}” is not NAME=SHARE (e.g. train=0.9,test=0.1).")
+        if not _SPLIT_NAME.fullmatch(name):
+            raise ValueError(f"“{name}” is not a split name: letters, digits and _ only, starting with a letter.")
+        if name in dict(shares):
+            raise ValueError(f"The split “{name}” is named twice.")
+        try:
+            share = float(share_text)
+        except ValueError:
+            raise ValueError(f"The share of “{name}” is not a number: “{share_text.strip()}”.") from None
+        if not (math.isfinite(share) and 0 < share <= 1):
+            raise ValueError(f"The share of “{name}” must be above 0 and at most 1, not {share_text.strip()}.")
+        shares.append((name, share))
+    total = math.fsum(share for _, share in shares)
+    if abs(total - 1) > 1e-6:
+        raise ValueError(f"The split shares add up to {total:g}, not 1.")
+    return tuple(shares)
+
+
+def split_of(conversation_id: int, *, shares: tuple[tuple[str, float], ...], seed: int) -> str:
+    """The split a conversation goes to: by a hash of the seed and its id, so the same seed gives
+    the same assignment whatever the chunks or processes, and every row of a conversation (every
+    prompt prefix it holds) lands in one split."""
+    digest = hashlib.sha256(f"{seed}:{conversation_id}".encode()).digest()
+    point = int.from_bytes(digest[:8], "big") / 2**64
+    reached = 0.0
+    for name, share in shares:
+        reached += share
+        if point < reached:
+            return name
+    return shares[-1][0]  # shares adding up to a hair under 1
 
 
 @dataclass(slots=True)
@@ -348,6 +403,18 @@ class Selection:
     def count(self) -> int:
         return self.conversations().count()
 
+    def split_names(self) -> tuple[str, ...]:
+        """The splits the rows go to, in the order given; ("train",) for an unsplit export."""
+        return tuple(name for name, _ in split_shares(self.params.split)) or ("train",)
+
+    def split_for(self) -> Callable[[int], str]:
+        """conversation id → its split name."""
+        shares = split_shares(self.params.split)
+        if not shares:
+            return lambda conversation_id: "train"
+        seed = self.params.split_seed
+        return lambda conversation_id: split_of(conversation_id, shares=shares, seed=seed)
+
     def chunks(self, *, size: int) -> Generator[list[ConversationData], None, None]:
         """The selected conversations in id order, `size` at a time, fully loaded.
 
@@ -554,6 +621,10 @@ def selection_open(params: ExportParams, *, refuse: Callable[[str], Exception]) 
         raise refuse("Segments need at least one message.")
     if params.since and params.until and params.since > params.until:
         raise refuse("The date range is empty: 'since' is after 'until'.")
+    try:
+        split_shares(params.split)
+    except ValueError as exc:
+        raise refuse(f"Bad split “{params.split}”: {exc}") from None
     study = Study.objects.filter(slug=params.study).first()
     if study is None:
         known = ", ".join(Study.objects.order_by("slug").values_list("slug", flat=True)) or "none yet"

@@ -54,8 +54,10 @@ def staging_dir(out: Path) -> Iterator[Path]:
         raise
 
 
-def data_file_name(fmt: str, file_format: str, compress: bool) -> str:
-    return f"{fmt}.parquet" if file_format == "parquet" else f"{fmt}.jsonl.gz" if compress else f"{fmt}.jsonl"
+def data_file_name(fmt: str, file_format: str, compress: bool, split: str | None = None) -> str:
+    """`dpo.jsonl`; a split export's file per split is `dpo-train.jsonl`, `dpo-test.jsonl`, …"""
+    stem = fmt if split is None else f"{fmt}-{split}"
+    return f"{stem}.parquet" if file_format == "parquet" else f"{stem}.jsonl.gz" if compress else f"{stem}.jsonl"
 
 
 def part_format(file_format: str) -> str:

@@ -61,6 +61,15 @@ class Command(BaseCommand):
         parser.add_argument("--segment-turns", type=int, default=3, help="segments: longest segment in messages")
         parser.add_argument("--licence", default="other", help="Licence written in the dataset card (e.g. cc-by-4.0)")
         parser.add_argument(
+            "--split",
+            default="",
+            help="Share the conversations out among splits, one data file each, e.g. train=0.9,test=0.1 "
+            "(every row of a conversation in one split)",
+        )
+        parser.add_argument(
+            "--split-seed", type=int, default=0, help="Seed of the assignment to splits (default 0; same seed, same)"
+        )
+        parser.add_argument(
             "--processes",
             type=int,
             help="Processes writing the export at once (default EXPORT_PROCESSES, by CPU count; 1: this one only). "
@@ -98,6 +107,7 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(
                 f"{result.rows} {params.format} rows from {result.conversations} conversations in {seconds:.1f} s "
-                f"→ {result.data_file} (sha256 {result.sha256[:12]}…), README.md, manifest.json"
+                f"→ {', '.join(str(path) for path in result.data_files)} (sha256 {result.sha256[:12]}…), "
+                "README.md, manifest.json"
             )
         )
