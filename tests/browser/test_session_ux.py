@@ -263,7 +263,8 @@ def test_a_whole_turn_by_click_on_a_phone_and_a_laptop(
     size, start_worker, start_server, make_user, make_study, tiny_config, browser_page
 ):
     width, height = size
-    study = make_study(configs=[tiny_config(max_new_tokens=8)], slug=f"screen-{width}")
+    # min_new_tokens: a tiny random model may otherwise end at once, an empty reply that fails the turn
+    study = make_study(configs=[tiny_config(max_new_tokens=8, min_new_tokens=8)], slug=f"screen-{width}")
     rater = make_user(password=PASSWORD)
     start_worker(concurrency=1)
     base_url = start_server()
