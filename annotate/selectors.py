@@ -25,9 +25,10 @@ def messages_before(turn: Turn) -> list[dict[str, str]]:
     return [{"role": t.role, "content": t.text} for t in path]
 
 
-def awaiting_vote(conversation: Conversation) -> Turn | None:
-    """The user turn whose candidates still need a choice, if any."""
-    head = conversation.head
+def awaiting_vote(conversation: Conversation, path: list[Turn] | None = None) -> Turn | None:
+    """The user turn whose candidates still need a choice, if any. With the lived `path` already read, its last
+    turn is the head (no query for it)."""
+    head = conversation.head if path is None else (path[-1] if path else None)
     if head is not None and head.role == Turn.Role.USER:
         return head
     return None

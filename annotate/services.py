@@ -414,12 +414,10 @@ def comparison_record(
     chosen, strength, reason = comparison_clean(
         candidates=candidates, choice=choice, chosen_id=chosen_id, strength=strength, reason=reason
     )
-    # Never from a planted attention check: a rater who chose it goes on from the first real reply.
-    real = [c for c in candidates if not c.is_attention_check]
     if chosen is None:  # tie or both bad
         continued_from = _tie_continuation(conversation.study, candidates, continue_from_id, rewrite_text)
     else:
-        continued_from = chosen if not chosen.is_attention_check else real[0]
+        continued_from = _gone_on_from(chosen, candidates)
     if rewrite_text.strip():
         continued_from = _rewrite_create(
             conversation, parent, base=continued_from, text=rewrite_text, position=len(candidates)
@@ -456,12 +454,9 @@ def _tie_continuation(study: Study, candidates: list[Turn], continue_from_id: in
     the rater picked, or (policy "rewrite") the rater's rewrite of it (of the first reply when none was picked).
     Silently going on from reply A would give it a win nobody voted for. A planted attention check is offered
     like any reply (not offering it would give it away) but never gone on from."""
-    real = [c for c in candidates if not c.is_attention_check]
     picked = next((c for c in candidates if c.pk == continue_from_id), None)
     if continue_from_id is not None and picked is None:
         raise ActionRefused("Pick one of the replies shown to go on from.")
-    if picked is not None and picked.is_attention_check:
-        picked = real[0]
     if study.tie_policy == Study.TiePolicy.REWRITE:
         if not rewrite_text.strip():
             raise ActionRefused(
@@ -469,7 +464,12 @@ def _tie_continuation(study: Study, candidates: list[Turn], continue_from_id: in
             )
     elif picked is None and not rewrite_text.strip():
         raise ActionRefused("After “tie” or “both bad”, say which reply the conversation goes on from.")
-    return picked or real[0]
+    return _gone_on_from(picked or candidates[0], candidates)
+
+
+def _gone_on_from(turn: Turn, candidates: list[Turn]) -> Turn:
+    """Never a planted attention check: a rater who chose or picked it goes on from the first real reply."""
+    return turn if not turn.is_attention_check else next(c for c in candidates if not c.is_attention_check)
 
 
 def _live_vote_stored(conversation: Conversation, idempotency_key: uuid.UUID) -> Comparison | None:

@@ -40,8 +40,7 @@ def _session_context(
     """What the session templates show. `shown`: the turns of the path this answer renders (all by default);
     the tags are read for those and the candidates only."""
     path = selectors.lived_path(conversation) if path is None else path
-    head = path[-1] if path else None  # the path ends at the head: no query for it
-    awaiting = head if head is not None and head.role == Turn.Role.USER else None
+    awaiting = selectors.awaiting_vote(conversation, path)
     candidates = selectors.candidates_of(awaiting) if awaiting else []
     user_turns = sum(1 for t in path if t.role == Turn.Role.USER)
     context: dict[str, Any] = {
@@ -60,11 +59,22 @@ def _session_context(
         "goal_choices": Conversation.Goal.choices,
         "rewrite_max_chars": services.rewrite_limit(conversation.study),
     }
-    # What higher layers show in the session (labeling: the tag bars' labels and the rater's tags).
-    turns = [*(path if shown is None else shown), *candidates]
+    context.update(_higher_layers(conversation, [*(path if shown is None else shown), *candidates]))
+    return context
+
+
+def _higher_layers(conversation: Conversation, turns: list[Turn]) -> dict[str, Any]:
+    """What higher layers show with these turns (labeling: the tag bars' labels and the rater's tags)."""
+    context: dict[str, Any] = {}
     for _, extra in signals.session_rendering.send(sender=Conversation, conversation=conversation, turns=turns):
         context.update(cast(dict[str, Any], extra))
     return context
+
+
+def _whole_session(request: AppRequest, context: dict[str, Any], status: int = 200) -> HttpResponse:
+    """The whole session fragment, put in place of the page's (a stale tab, another branch)."""
+    response = render(request, "annotate/_session.html", context, status=status)
+    return reswap(retarget(response, "#session"), "outerHTML")
 
 
 # What a rater's action may change on the conversation (its head, status, times…): all but whose it is.
@@ -83,9 +93,7 @@ def _respond(request: AppRequest, conversation: Conversation, notice: str = "") 
     path = selectors.lived_path(conversation)
     new_turns = _turns_after(path, request.POST.get("shown"))
     if new_turns is None:
-        context = _session_context(conversation, path=path)
-        response = render(request, "annotate/_session.html", {**context, "notice": notice})
-        return reswap(retarget(response, "#session"), "outerHTML")
+        return _whole_session(request, {**_session_context(conversation, path=path), "notice": notice})
     # A new message folds the feedback buttons of the message before it (only the latest shows them unfolded).
     first_new_user = next((t for t in new_turns if t.role == Turn.Role.USER), None)
     earlier_users = [t for t in path[: len(path) - len(new_turns)] if t.role == Turn.Role.USER and t.depth > 0]
@@ -114,8 +122,7 @@ def _session_refreshed(request: AppRequest, exc: ActionRefused, pk: int, **_: An
     conversation = _conversation_for(request, pk)
     if conversation.status != Conversation.Status.ACTIVE:
         return refused_fragment(request, exc)
-    response = render(request, "annotate/_session.html", _session_context(conversation, exc.message), status=exc.status)
-    return reswap(retarget(response, "#session"), "outerHTML")
+    return _whole_session(request, _session_context(conversation, exc.message), status=exc.status)
 
 
 def _session_page(request: AppRequest, exc: ActionRefused, pk: int, **_: Any) -> HttpResponse:
@@ -258,9 +265,8 @@ def transcript(request: AppRequest, pk: int) -> HttpResponse:
         else "",
     }
     # The rater's own tags, shown on each turn (labeling adds them, as for the session).
-    turns = [turn for step in steps for turn in (step["user"], *cast(list[Turn], step["replies"]))]
-    for _, extra in signals.session_rendering.send(sender=Conversation, conversation=conversation, turns=turns):
-        context.update(cast(dict[str, Any], extra))
+    turns = [turn for step in steps for turn in (cast(Turn, step["user"]), *cast(list[Turn], step["replies"]))]
+    context.update(_higher_layers(conversation, turns))
     return render(request, "annotate/transcript.html", context)
 
 

@@ -7,8 +7,10 @@ library only, so importable before Django is set up).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,3 +97,15 @@ def fake_model_config(*, name: str, bench: str, base_url: str, words: int) -> ob
         },
     )
     return config
+
+
+def stack_stop(children: list[Any], broker_url: str, log_dir: Path, *, keep_logs: bool) -> None:
+    """A bench's end: stop its processes (last started first), empty its Redis db, and keep the logs when asked
+    or when the run did not complete (their path printed), else remove them."""
+    for child in reversed(children):
+        child.stop()
+    flush_broker(broker_url)
+    if keep_logs:
+        print(f"logs: {log_dir}")
+    else:
+        shutil.rmtree(log_dir, ignore_errors=True)

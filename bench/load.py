@@ -59,7 +59,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from common import ROOT, Child, ensure_database, fake_model_config, flush_broker, free_port, percentile, refuse_shared  # noqa: E402
+from common import (  # noqa: E402
+    ROOT,
+    Child,
+    ensure_database,
+    fake_model_config,
+    flush_broker,
+    free_port,
+    percentile,
+    refuse_shared,
+    stack_stop,
+)
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cg_bench_load"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/6"
@@ -987,13 +997,7 @@ def run(args: argparse.Namespace, cluster: PrivateCluster | None) -> int:
     finally:
         if stack is not None:
             stack.stop()
-        for child in reversed(children):
-            child.stop()
-        flush_broker(args.broker_url)
-        if args.keep_logs or not completed:
-            print(f"logs: {log_dir}")
-        else:
-            shutil.rmtree(log_dir, ignore_errors=True)
+        stack_stop(children, args.broker_url, log_dir, keep_logs=args.keep_logs or not completed)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -61,7 +60,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, Child, ensure_database, fake_model_config, flush_broker, free_port, refuse_shared
+from common import ROOT, Child, ensure_database, fake_model_config, flush_broker, free_port, refuse_shared, stack_stop
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cg_bench_effort"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/7"
@@ -695,13 +694,7 @@ def main(argv: list[str] | None = None) -> int:
         completed = True
         return 0
     finally:
-        for child in reversed(children):
-            child.stop()
-        flush_broker(args.broker_url)
-        if args.keep_logs or not completed:
-            print(f"logs: {log_dir}")
-        else:
-            shutil.rmtree(log_dir, ignore_errors=True)
+        stack_stop(children, args.broker_url, log_dir, keep_logs=args.keep_logs or not completed)
 
 
 if __name__ == "__main__":

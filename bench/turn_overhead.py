@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, Child, ensure_database, flush_broker, free_port, percentile, refuse_shared  # noqa: E402
+from common import ROOT, Child, ensure_database, flush_broker, free_port, percentile, refuse_shared, stack_stop  # noqa: E402
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cg_bench"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/3"
@@ -657,15 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         completed = True
         return 1 if args.check and not summary["targets_met"] else 0
     finally:
-        for child in reversed(children):
-            child.stop()
-        flush_broker(args.broker_url)
-        if args.keep_logs or not completed:
-            print(f"logs: {log_dir}")
-        else:
-            for path in log_dir.iterdir():
-                path.unlink()
-            log_dir.rmdir()
+        stack_stop(children, args.broker_url, log_dir, keep_logs=args.keep_logs or not completed)
 
 
 if __name__ == "__main__":

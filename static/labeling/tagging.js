@@ -152,9 +152,7 @@
     function (event) {
       const button = event.target.closest("button.tag-label");
       if (button) {
-        // Stopped here: htmx remembers the last button clicked in a form and would send the next vote to it.
         event.preventDefault();
-        event.stopPropagation();
         apply(button);
         return;
       }
