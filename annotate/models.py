@@ -5,10 +5,14 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 
 from annotate.tree import slot_letter
+
+# A BCP 47 language tag as datasets and the Hub take it: a 2–3 letter language, then subtags (pt-BR, zh-Hant).
+LANGUAGE_TAG = RegexValidator(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$", "A BCP 47 language tag, such as en, de or pt-BR.")
 
 
 class Study(models.Model):
@@ -55,6 +59,13 @@ class Study(models.Model):
         help_text="After “tie” or “both bad”: what the conversation goes on from.",
     )
     overlap = models.PositiveSmallIntegerField(default=1, help_text="Raters per scenario.")
+    language = models.CharField(
+        max_length=35,
+        default="en",
+        validators=[LANGUAGE_TAG],
+        help_text="BCP 47 tag of the language raters write in (e.g. en, de, pt-BR): declared in each dataset row and "
+        "in the dataset card. Declared by the researcher, not detected.",
+    )
     is_active = models.BooleanField(default=True)
     # --- assignment -------------------------------------------------------------------------
     conversations_per_rater = models.PositiveSmallIntegerField(
@@ -142,6 +153,9 @@ class Conversation(models.Model):
         PARTLY = "partly"
         NO = "no"
 
+    # Stable across databases (a dataset merged from two deployments, a restored backup): exports name
+    # conversations and turns by it; the integer id is this database's only.
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     study = models.ForeignKey(Study, on_delete=models.PROTECT, related_name="conversations")
     scenario = models.ForeignKey(Scenario, on_delete=models.PROTECT, related_name="conversations")
     rater = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="conversations")
@@ -183,6 +197,7 @@ class Turn(models.Model):
         DONE = "done"
         FAILED = "failed"
 
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns")
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
     role = models.CharField(max_length=10, choices=Role.choices)

@@ -230,19 +230,21 @@ STARTED = "(timestamptz '2026-01-05 09:00:00+00' + (%(conv0)s + i) * interval '4
 TURN_AT = f"({STARTED} + k * interval '45 seconds')"
 
 CONVERSATIONS_SQL = f"""
-INSERT INTO annotate_conversation (id, study_id, scenario_id, rater_id, status, head_id, outcome_goal,
+INSERT INTO annotate_conversation (id, uuid, study_id, scenario_id, rater_id, status, head_id, outcome_goal,
     outcome_understanding, outcome_comment, started_at, ended_at)
-SELECT %(conv0)s + i, %(study)s, (%(scenarios)s::bigint[])[1 + mod(i, %(n_scenarios)s)], {RATER}, 'completed',
+SELECT %(conv0)s + i, md5('conversation ' || (%(conv0)s + i))::uuid, %(study)s,
+    (%(scenarios)s::bigint[])[1 + mod(i, %(n_scenarios)s)], {RATER}, 'completed',
     {CONTINUED}, (ARRAY['yes', 'partly', 'no', ''])[1 + mod({R}, 4)], 1 + mod({R} >> 2, 5), '',
     {STARTED}, {TURN_AT} + interval '40 seconds'
 FROM generate_series(%(lo)s, %(hi)s - 1) AS i, (SELECT 4 AS k) AS last
 """
 
 TURNS_SQL = f"""
-INSERT INTO annotate_turn (id, conversation_id, parent_id, role, depth, position, text, status, error,
-    model_config_id, params, system_prompt, seed, is_rewrite, client_key, attempt, claimed_by, prompt_tokens,
-    completion_tokens, created_at, started_at, first_token_at, heartbeat_at, finished_at, rewrite_of_id)
-SELECT {USER_TURN} + j, %(conv0)s + i,
+INSERT INTO annotate_turn (id, uuid, conversation_id, parent_id, role, depth, position, text, status, error,
+    model_config_id, params, system_prompt, seed, is_rewrite, is_attention_check, note, client_key, attempt,
+    claimed_by, prompt_tokens, completion_tokens, created_at, started_at, first_token_at, heartbeat_at, finished_at,
+    rewrite_of_id)
+SELECT {USER_TURN} + j, md5('turn ' || ({USER_TURN} + j))::uuid, %(conv0)s + i,
     CASE WHEN j > 0 THEN {USER_TURN} WHEN k > 0 THEN {PREV_CONTINUED} END,
     CASE WHEN j = 0 THEN 'user' ELSE 'assistant' END,
     2 * k + least(j, 1), greatest(j - 1, 0),
@@ -258,7 +260,7 @@ SELECT {USER_TURN} + j, %(conv0)s + i,
     CASE WHEN j = 0 THEN '{{}}'::jsonb ELSE %(params)s::jsonb END,
     CASE WHEN j = 0 THEN '' ELSE %(system)s END,
     CASE WHEN j > 0 THEN h END,
-    false, NULL, least(j, 1), CASE WHEN j = 0 THEN '' ELSE 'worker-1' END,
+    false, false, '', NULL, least(j, 1), CASE WHEN j = 0 THEN '' ELSE 'worker-1' END,
     CASE WHEN j > 0 THEN 120 + 70 * k END, CASE WHEN j > 0 THEN 40 + mod(h, 50) END,
     {TURN_AT} + j * interval '1 millisecond',
     CASE WHEN j > 0 THEN {TURN_AT} + interval '20 milliseconds' END,

@@ -25,7 +25,7 @@ from annotate.models import Study
 from core.errors import ActionRefused
 from exports import services
 from exports.models import DatasetExport
-from exports.selection import FILE_FORMATS, FORMATS, ExportParams
+from exports.selection import AGGREGATES, ARENA_HISTORIES, FILE_FORMATS, FORMATS, SEGMENT_KINDS, ExportParams
 from workers.models import ModelConfig
 
 
@@ -53,6 +53,21 @@ class ExportForm(forms.Form):
     gamma = forms.FloatField(initial=0.9, min_value=0, max_value=1, help_text="multiturn: discount γ")
     grounding_weight = forms.FloatField(initial=0.0, help_text="multiturn: reward per grounding act")
     segment_turns = forms.IntegerField(initial=3, min_value=1, help_text="segments: longest segment in messages")
+    segments = forms.ChoiceField(
+        choices=[(k, k) for k in SEGMENT_KINDS],
+        initial="sdpo",
+        help_text="segments: SDPO (starting at the reply the user reacted to as an error) or the pairs after it",
+    )
+    aggregate = forms.ChoiceField(
+        choices=[(k, k) for k in AGGREGATES],
+        initial="none",
+        help_text="dpo/reward: one row per vote, or one per pair of replies by majority or by mean margin",
+    )
+    arena_history = forms.ChoiceField(
+        choices=[(k, k) for k in ARENA_HISTORIES],
+        initial="own",
+        help_text="arena: each side holds its own model's earlier replies, or the lived ones",
+    )
     licence = forms.CharField(initial="other", max_length=100, help_text="Written in the dataset card")
     split = forms.CharField(
         required=False, max_length=200, help_text="Splits and shares, e.g. train=0.9,test=0.1 (empty: one file)"

@@ -24,7 +24,10 @@ from labeling import agreement
 from labeling.models import Label
 from workers.models import ModelConfig
 
-APP_VERSION = "0.4.0"
+APP_VERSION = "0.5.0"
+# The rows' schema version, in the manifest: 2 added UUIDs, language, numeric strength and pair tallies,
+# made segments SDPO segments and arena sides each model's own conversation.
+SCHEMA_VERSION = 2
 
 FORMAT_SUMMARY = {
     "dpo": "Pairwise preferences in TRL's conversational format: the whole conversation so far as `prompt`, "
@@ -38,8 +41,10 @@ FORMAT_SUMMARY = {
     "arena": "Battles between the models that wrote competing replies, Chatbot Arena style.",
     "multiturn": "Per reply on the lived path, a multi-turn-aware reward and its components (immediate "
     "preference, later implicit feedback, grounding acts, outcome).",
-    "segments": "SDPO-style pairs: at branch points that follow a reply the user treated as an error, the two "
-    "continuations cut to equal length.",
+    "segments": "SDPO segments (arXiv:2501.01821): each starts at a reply the user then reacted to as an error; "
+    "`rejected` is that reply and what followed it, `chosen` a better reply from the same point (a sibling "
+    "candidate, or the reply that repaired the error). `--segments after-error` gives the earlier pairs after "
+    "the error instead.",
 }
 
 
@@ -185,7 +190,10 @@ def _named_votes(rows: list[dict[str, Any]]) -> set[int] | None:
     for row in rows:
         if "comparison_id" in row:
             found = True
-            named.add(row["comparison_id"])
+            if row["comparison_id"] is not None:
+                named.add(row["comparison_id"])
+            else:  # an aggregated row stands for several votes
+                named.update(row.get("comparison_ids") or ())
         if isinstance(row.get("votes"), list):
             found = True
             named.update(vote["comparison_id"] for vote in row["votes"])
@@ -223,7 +231,7 @@ def manifest_json(
     manifest = {
         "app": "commonground",
         "app_version": APP_VERSION,
-        "schema": f"commonground/{params.format}/1",
+        "schema": f"commonground/{params.format}/{SCHEMA_VERSION}",
         "format": params.format,
         "files": files,
         "parameters": params.as_manifest(),
@@ -251,7 +259,7 @@ def card_markdown(*, sel: Selection, files: list[dict[str, Any]], stats: Selecti
         _quality(sel),
         _agreement(stats),
         _taxonomy(sel.labels, stats),
-        _limitations(stats),
+        _limitations(sel.study, stats),
         _parameters(params),
         _loading(params, files[0]["path"]),  # the one-file example: the first split
         _licence(params),
@@ -272,7 +280,7 @@ def _front_matter(params: ExportParams, study: Study, files: list[dict[str, Any]
     header = {
         "license": params.licence,
         "pretty_name": f"{study.name}: {params.format}",
-        "language": ["en"],
+        "language": [study.language],
         "tags": ["preference", "multi-turn", "grounding", "commonground"],
         "configs": [
             {
@@ -321,12 +329,14 @@ def _collection(params: ExportParams, study: Study) -> list[str]:
         "",
         FORMAT_SUMMARY[params.format],
         "",
+        *_row_options(params),
         "## How it was collected",
         "",
         f"Raters held live conversations with language models in Common Ground (study `{study.slug}`). At each "
         f"user turn the app sampled {study.candidates_per_turn} candidate replies from the study's model pool "
-        "(shown blind, in random slots), the rater chose the better one (or a tie, both bad, or wrote a rewrite), "
-        "and the conversation went on from the choice; the other replies stay as branches. Raters tagged "
+        f"({'with model names' if study.show_model_names else 'shown blind'}, in random slots), the rater chose "
+        "the better one (or a tie, both bad, or wrote a rewrite), and the conversation went on from the choice; "
+        "the other replies stay as branches. Raters tagged "
         "grounding acts and implicit feedback signals on turns, live and in a review pass, and ended each "
         "conversation with an outcome survey (goal reached, felt understood).",
         "",
@@ -334,6 +344,28 @@ def _collection(params: ExportParams, study: Study) -> list[str]:
     if study.instructions:
         lines += ["Instructions given to raters:", "", *(f"> {line}" for line in study.instructions.splitlines()), ""]
     return lines
+
+
+ROW_OPTIONS = {
+    ("aggregate", "majority"): "Rows are aggregated (`--aggregate majority`): one per pair of replies judged at a "
+    "branch point, over every kept vote (live and review), oriented by the most votes; pairs with as many votes "
+    "each way are left out. `votes_for`, `votes_against`, `votes_tied` and `margin` give the tally, "
+    "`comparison_ids` the votes; the single-vote columns are null.",
+    ("aggregate", "mean-margin"): "Rows are aggregated (`--aggregate mean-margin`): one per pair of replies judged "
+    "at a branch point, over every kept vote (live and review), oriented by the sign of the mean signed strength "
+    "(`margin`: clear 1, slight 0.5, tie 0); pairs with a zero margin are left out. `comparison_ids` lists the "
+    "votes; the single-vote columns are null.",
+    ("segments", "after-error"): "Segments are the vote pairs at the branch point after an error "
+    "(`--segments after-error`), not SDPO segments starting at the erroneous reply.",
+    ("arena_history", "lived"): "Both sides of a battle hold the lived history (`--arena-history lived`), which may "
+    "contain the other model's replies or a rater's rewrite; `own_history` says where it is each model's own.",
+}
+
+
+def _row_options(params: ExportParams) -> list[str]:
+    """A paragraph for each non-default row option that changes what a row means."""
+    options = params.as_manifest()
+    return [line for (name, value), text in ROW_OPTIONS.items() if options.get(name) == value for line in (text, "")]
 
 
 def _collection_details(sel: Selection, stats: SelectionStats) -> list[str]:
@@ -411,14 +443,15 @@ FEW_RATERS = 10
 FEW_CONVERSATIONS = 5
 
 
-def _limitations(stats: SelectionStats) -> list[str]:
+def _limitations(study: Study, stats: SelectionStats) -> list[str]:
     """What the data cannot support: fixed caveats of the method, and those this export's figures show."""
     lines = [
         "## Limitations",
         "",
         "- Raters are study participants (possibly crowd workers) playing given scenarios, not users with "
         "their own needs, nor experts; their preferences need not be those of any population.",
-        "- One language: the study ran in English (`en` above); no language is detected per row.",
+        f"- One language: the study ran in `{study.language}` (declared by the researcher, in `language` above and in "
+        "each row); no language is detected per row, so a rater writing in another language goes unnoticed.",
         "- A vote compares the candidates of one branch point only: preferences across branch points, raters "
         "or studies are not on one scale.",
         "- Model replies are those of the configs listed above, with their settings; other decoding or "

@@ -19,8 +19,11 @@ from exports.selection import ConversationData, Selection, TagRow, TurnRow, Vote
 
 Row = dict[str, Any]
 
-# Immediate preference of the lived reply, by the vote that chose it (multiturn).
-STRENGTH_WEIGHT = {"clear": 1.0, "slight": 0.5, "": 1.0}
+# A vote's strength as a number (`strength_score`): null where the study did not ask.
+STRENGTH_SCORE = {"clear": 1.0, "slight": 0.5}
+# How much a vote weighs in a pair's margin and in multiturn's immediate preference: a vote without a
+# strength question is a plain, whole preference.
+STRENGTH_WEIGHT = {**STRENGTH_SCORE, "": 1.0}
 # The outcome survey as a number in [-1, 1]: goal reached, and understanding 1–5 centred on 3.
 GOAL_SCORE = {"yes": 1.0, "partly": 0.0, "no": -1.0}
 
@@ -78,8 +81,12 @@ def history(conv: ConversationData, parent_id: int) -> tuple[list[dict[str, str]
 
 
 def candidates(conv: ConversationData, parent_id: int) -> list[TurnRow]:
-    """The sampled replies to a user turn that finished, in slot order (A, B, …)."""
-    return finished_candidates(conv.turns[parent_id].children)
+    """The sampled replies to a user turn that finished, in slot order (A, B, …); found once per branch point."""
+    key = ("candidates", parent_id)
+    found = conv.memo.get(key)
+    if found is None:
+        found = conv.memo[key] = finished_candidates(conv.turns[parent_id].children)
+    return found
 
 
 def vote_value(conv: ConversationData, vote: VoteRow) -> str:
@@ -118,16 +125,22 @@ def shared_system(*turns: TurnRow) -> list[dict[str, str]]:
     return []
 
 
-def kept_votes(conv: ConversationData, sel: Selection) -> Iterator[tuple[VoteRow, int, float | None]]:
-    """The votes the rater and agreement filters keep, with their branch point's vote count and
-    agreement (see `vote_agreement`)."""
-    for vote in conv.votes:
-        if not sel.keeps_vote(vote):
-            continue
-        n, share = vote_agreement(conv, vote)
-        if sel.params.min_agreement is not None and (share is None or share < sel.params.min_agreement):
-            continue
-        yield vote, n, share
+def kept_votes(
+    conv: ConversationData, sel: Selection, *, parent_id: int | None = None
+) -> Iterator[tuple[VoteRow, int, float | None]]:
+    """The votes the rater and agreement filters keep (at one branch point with `parent_id`), with their
+    branch point's vote count and agreement (see `vote_agreement`); worked out once per conversation."""
+    kept = conv.memo.get("kept")
+    if kept is None:
+        kept = conv.memo["kept"] = []
+        for vote in conv.votes:
+            if not sel.keeps_vote(vote):
+                continue
+            n, share = vote_agreement(conv, vote)
+            if sel.params.min_agreement is not None and (share is None or share < sel.params.min_agreement):
+                continue
+            kept.append((vote, n, share))
+    return iter(kept) if parent_id is None else (item for item in kept if item[0].parent_id == parent_id)
 
 
 def conversation_kept(conv: ConversationData, sel: Selection) -> bool:
@@ -142,57 +155,158 @@ def conversation_kept(conv: ConversationData, sel: Selection) -> bool:
 
 
 class Pair(NamedTuple):
-    vote: VoteRow
+    vote: VoteRow | None  # None for a row that stands for several votes (`--aggregate`)
     chosen: TurnRow
     rejected: TurnRow
     votes: int
     agreement: float | None
+    choice: str = ""  # an aggregated row's: "candidate", or "tie" for a pair with no direction
+
+
+class Tally(NamedTuple):
+    """What the kept votes at a branch point say about one pair of replies, seen from its first reply."""
+
+    first: int  # turn id
+    wins: int  # votes preferring the first reply
+    losses: int  # ... the second
+    ties: int  # tie and all-bad votes (they judged both equal)
+    weight: float  # Σ of the winning votes' strength weights, + for the first reply, − for the second
+    comparison_ids: tuple[int, ...]
+
+    def seen_from(self, turn_id: int) -> tuple[int, int, int, float]:
+        """(votes for, votes against, ties, margin) with `turn_id` as the chosen side. The margin is the mean
+        signed strength weight over the votes that judged the pair, in [−1, 1]."""
+        judged = self.wins + self.losses + self.ties
+        margin = self.weight / judged if judged else 0.0
+        if turn_id == self.first:
+            return self.wins, self.losses, self.ties, margin
+        return self.losses, self.wins, self.ties, -margin
+
+
+def judgements(conv: ConversationData, vote: VoteRow) -> Iterator[tuple[TurnRow, TurnRow, float]]:
+    """(x, y, w): the vote prefers x to y with strength weight w, or, with w = 0, judged them equal.
+
+    A candidate vote prefers the chosen candidate to each other one (and says nothing about two
+    candidates it did not choose); a rewrite is preferred to every candidate; tie and all-bad judge
+    every two candidates equal.
+    """
+    cands = candidates(conv, vote.parent_id)
+    weight = STRENGTH_WEIGHT.get(vote.strength, 1.0)
+    if vote.choice == "candidate" and vote.chosen_id in conv.turns:
+        chosen = conv.turns[vote.chosen_id]
+        yield from ((chosen, c, weight) for c in cands if c.id != chosen.id)
+    elif vote.choice in ("tie", "all_bad"):
+        yield from ((a, b, 0.0) for i, a in enumerate(cands) for b in cands[i + 1 :])
+    rewrite = rewrite_of_vote(conv, vote)
+    if rewrite is not None:
+        yield from ((rewrite, c, 1.0) for c in cands)
+
+
+def pair_tallies(conv: ConversationData, sel: Selection, parent_id: int) -> dict[frozenset[int], Tally]:
+    """The tallies of every pair of replies judged at a branch point, over its kept votes; built once."""
+    key = ("tallies", parent_id)
+    found = conv.memo.get(key)
+    if found is None:
+        raw: dict[frozenset[int], list[Any]] = {}
+        for vote, _, _ in kept_votes(conv, sel, parent_id=parent_id):
+            for x, y, w in judgements(conv, vote):
+                tally = raw.setdefault(frozenset((x.id, y.id)), [min(x.id, y.id), 0, 0, 0, 0.0, []])
+                sign = 1 if x.id == tally[0] else -1
+                if w == 0:
+                    tally[3] += 1
+                else:
+                    tally[1 if sign > 0 else 2] += 1
+                    tally[4] += sign * w
+                tally[5].append(vote.id)
+        found = conv.memo[key] = {
+            pair: Tally(first, wins, losses, ties, weight, tuple(sorted(set(ids))))
+            for pair, (first, wins, losses, ties, weight, ids) in raw.items()
+        }
+    return found
 
 
 def vote_pairs(conv: ConversationData, sel: Selection) -> Iterator[Pair]:
-    """(chosen, rejected) pairs from every kept vote, in vote order.
+    """(chosen, rejected) pairs from every kept vote, in vote order (see `judgements`).
 
-    A candidate vote gives chosen ≻ each other candidate; a rewrite gives rewrite ≻ every
-    candidate (the rater wrote what they wanted). Ties and all-bad votes give no preference;
-    with `include_ties` each unordered pair is still emitted, A first, marked by `choice`.
+    Ties and all-bad votes give no preference; with `include_ties` each unordered pair of
+    candidates is still emitted, A first, marked by `choice`.
     """
     for vote, n, share in kept_votes(conv, sel):
-        cands = candidates(conv, vote.parent_id)
-        found: list[tuple[TurnRow, TurnRow]] = []
-        if vote.choice == "candidate" and vote.chosen_id in conv.turns:
-            chosen = conv.turns[vote.chosen_id]
-            found += [(chosen, c) for c in cands if c.id != chosen.id]
-        elif sel.params.include_ties:
-            found += [(a, b) for i, a in enumerate(cands) for b in cands[i + 1 :]]
-        rewrite = rewrite_of_vote(conv, vote)
-        if rewrite is not None:
-            found += [(rewrite, c) for c in cands]
-        for chosen, rejected in found:
-            if sel.keeps_models(chosen.model, rejected.model):
+        for chosen, rejected, weight in judgements(conv, vote):
+            if (weight or sel.params.include_ties) and sel.keeps_models(chosen.model, rejected.model):
                 yield Pair(vote, chosen, rejected, n, share)
 
 
-def _vote_columns(conv: ConversationData, vote: VoteRow, turn_index: int) -> Row:
-    """Where a judgement comes from: the columns every pair and kto row starts its metadata with."""
+def aggregated_pairs(conv: ConversationData, sel: Selection) -> Iterator[Pair]:
+    """One pair per two replies judged at a branch point (`--aggregate majority` or `mean-margin`), in the
+    order their first vote was cast, oriented by the majority of votes or by the sign of the mean margin.
+    A pair with no direction (as many votes each way, a zero margin) is dropped, or with `include_ties`
+    emitted in slot order with `choice` "tie"."""
+    by_margin = sel.params.aggregate == "mean-margin"
+    seen: set[frozenset[int]] = set()
+    for vote, n, _ in kept_votes(conv, sel):
+        tallies = pair_tallies(conv, sel, vote.parent_id)
+        for x, y, _ in judgements(conv, vote):
+            key = frozenset((x.id, y.id))
+            if key in seen:
+                continue
+            seen.add(key)
+            wins, losses, _, margin = tallies[key].seen_from(x.id)
+            lead = margin if by_margin else wins - losses
+            if lead == 0 and not sel.params.include_ties:
+                continue
+            chosen, rejected = (x, y) if lead > 0 or (lead == 0 and x.position <= y.position) else (y, x)
+            if sel.keeps_models(chosen.model, rejected.model):
+                wins, losses, ties, _ = tallies[key].seen_from(chosen.id)
+                choice = "candidate" if lead else "tie"
+                yield Pair(None, chosen, rejected, n, wins / (wins + losses + ties), choice)
+
+
+def preference_pairs(conv: ConversationData, sel: Selection) -> Iterator[Pair]:
+    """The pairs of the pair formats: per vote, or per pair of replies with `--aggregate`."""
+    return vote_pairs(conv, sel) if sel.params.aggregate == "none" else aggregated_pairs(conv, sel)
+
+
+def _conversation_columns(conv: ConversationData) -> Row:
     return {
         "study": conv.study,
         "conversation_id": conv.id,
+        "conversation_uuid": conv.uuid,
         "scenario": conv.scenario["external_id"],
-        "turn_index": turn_index,
-        "comparison_id": vote.id,
-        "task": vote.task,
-        "rater": vote.rater,
-        "choice": vote.choice,
-        "strength": vote.strength,
+        "language": conv.language,
     }
 
 
-def _pair_columns(conv: ConversationData, pair: Pair, turn_index: int) -> Row:
+def _vote_columns(conv: ConversationData, vote: VoteRow | None, turn_index: int) -> Row:
+    """Where a judgement comes from: the columns every pair and kto row starts its metadata with. A row that
+    stands for several votes (`--aggregate`) has no single vote: its vote columns are null but `choice`."""
     return {
-        **_vote_columns(conv, pair.vote, turn_index),
+        **_conversation_columns(conv),
+        "turn_index": turn_index,
+        "comparison_id": vote.id if vote else None,
+        "task": vote.task if vote else None,
+        "rater": vote.rater if vote else None,
+        "choice": vote.choice if vote else None,
+        "strength": vote.strength if vote else None,
+        "strength_score": STRENGTH_SCORE.get(vote.strength) if vote else None,
+    }
+
+
+def _pair_columns(conv: ConversationData, sel: Selection, pair: Pair, turn_index: int) -> Row:
+    """The metadata of a pair row: its vote (none for an aggregated row), both replies, and what every kept
+    vote at the branch point says about this pair (`Tally`)."""
+    tally = pair_tallies(conv, sel, pair.chosen.parent_id or 0).get(frozenset((pair.chosen.id, pair.rejected.id)))
+    wins, losses, ties, margin = tally.seen_from(pair.chosen.id) if tally else (0, 0, 0, 0.0)
+    columns = _vote_columns(conv, pair.vote, turn_index)
+    if pair.vote is None:
+        columns["choice"] = pair.choice
+    return {
+        **columns,
         "chosen_is_rewrite": pair.chosen.is_rewrite,
         "chosen_turn_id": pair.chosen.id,
         "rejected_turn_id": pair.rejected.id,
+        "chosen_turn_uuid": pair.chosen.uuid,
+        "rejected_turn_uuid": pair.rejected.uuid,
         "chosen_model": pair.chosen.model,
         "rejected_model": pair.rejected.model,
         "chosen_source": source(pair.chosen),
@@ -201,28 +315,33 @@ def _pair_columns(conv: ConversationData, pair: Pair, turn_index: int) -> Row:
         "rejected_tags": tag_names(conv, pair.rejected.id),
         "votes": pair.votes,
         "agreement": pair.agreement,
+        "votes_for": wins,
+        "votes_against": losses,
+        "votes_tied": ties,
+        "margin": round(margin, 6),
+        "comparison_ids": list(tally.comparison_ids) if tally else [],
     }
 
 
 def dpo_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
-    for pair in vote_pairs(conv, sel):
-        prompt, turn_index = history(conv, pair.vote.parent_id)
+    for pair in preference_pairs(conv, sel):
+        prompt, turn_index = history(conv, pair.chosen.parent_id or 0)
         yield {
             "prompt": shared_system(pair.chosen, pair.rejected) + prompt,
             "chosen": [message(pair.chosen)],
             "rejected": [message(pair.rejected)],
-            **_pair_columns(conv, pair, turn_index),
+            **_pair_columns(conv, sel, pair, turn_index),
         }
 
 
 def reward_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
-    for pair in vote_pairs(conv, sel):
-        prompt, turn_index = history(conv, pair.vote.parent_id)
+    for pair in preference_pairs(conv, sel):
+        prompt, turn_index = history(conv, pair.chosen.parent_id or 0)
         system = shared_system(pair.chosen, pair.rejected)
         yield {
             "chosen": system + prompt + [message(pair.chosen)],
             "rejected": system + prompt + [message(pair.rejected)],
-            **_pair_columns(conv, pair, turn_index),
+            **_pair_columns(conv, sel, pair, turn_index),
         }
 
 
@@ -248,6 +367,7 @@ def kto_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
                 "label": label,
                 **_vote_columns(conv, vote, turn_index),
                 "turn_id": turn.id,
+                "turn_uuid": turn.uuid,
                 "model": turn.model,
                 "source": source(turn),
                 "is_rewrite": turn.is_rewrite,
@@ -257,8 +377,36 @@ def kto_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
             }
 
 
+def own_history(conv: ConversationData, parent_id: int, reply: TurnRow) -> list[dict[str, str]] | None:
+    """The history before `reply` with every earlier reply replaced by the same model's own reply at that
+    branch point (the same slot if it held one there, else its first): each side of a battle is that
+    model's own conversation, as in Chatbot Arena. None where the model has no finished reply at an
+    earlier branch point (it was not drawn there, or its reply failed)."""
+    own: list[dict[str, str]] = []
+    for turn in conv.path_to(parent_id):
+        if turn.role != "assistant":
+            own.append(message(turn))
+            continue
+        mine = [c for c in candidates(conv, turn.parent_id or 0) if c.model == reply.model]
+        if not mine:
+            return None
+        own.append(message(next((c for c in mine if c.position == reply.position), mine[0])))
+    return own
+
+
+def _lived_is_own(conv: ConversationData, parent_id: int, reply: TurnRow) -> bool:
+    """Every earlier reply on the lived history was written by `reply`'s model (not a rewrite)."""
+    return all(t.model == reply.model for t in conv.path_to(parent_id) if t.role == "assistant")
+
+
 def arena_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
-    """FastChat-style battles: every pair of candidates (slot order) that the vote decides."""
+    """FastChat-style battles: every pair of candidates (slot order) that the vote decides.
+
+    With `--arena-history own` (the default) each side holds its own model's earlier replies and a battle
+    where a model has none at an earlier branch point is left out; with `lived` both sides hold the lived
+    history, what both models were given (`own_history` says whether that was each model's own).
+    """
+    own_mode = sel.params.arena_history == "own"
     for vote, n, share in kept_votes(conv, sel):
         cands = candidates(conv, vote.parent_id)
         prompt, turn_index = history(conv, vote.parent_id)
@@ -276,22 +424,34 @@ def arena_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
                     continue
                 if not sel.keeps_models(a.model, b.model):
                     continue
+                if own_mode:
+                    history_a, history_b = own_history(conv, vote.parent_id, a), own_history(conv, vote.parent_id, b)
+                    if history_a is None or history_b is None:
+                        continue
+                    own = True
+                else:
+                    history_a = history_b = prompt
+                    own = _lived_is_own(conv, vote.parent_id, a) and _lived_is_own(conv, vote.parent_id, b)
                 yield {
-                    "question_id": f"{conv.id}-{vote.parent_id}",
+                    "question_id": conv.turns[vote.parent_id].uuid.replace("-", ""),
                     "model_a": a.model,
                     "model_b": b.model,
                     "winner": winner,
                     "judge": vote.rater,
-                    "conversation_a": shared_system(a) + prompt + [message(a)],
-                    "conversation_b": shared_system(b) + prompt + [message(b)],
+                    "conversation_a": shared_system(a) + history_a + [message(a)],
+                    "conversation_b": shared_system(b) + history_b + [message(b)],
                     "turn": turn_index,
-                    "anony": True,  # raters never see which model wrote a reply
+                    "anony": not sel.study.show_model_names,
+                    "language": conv.language,
                     "tstamp": vote.created_at.timestamp(),
+                    "own_history": own,
                     "study": conv.study,
                     "conversation_id": conv.id,
+                    "conversation_uuid": conv.uuid,
                     "comparison_id": vote.id,
                     "task": vote.task,
                     "strength": vote.strength,
+                    "strength_score": STRENGTH_SCORE.get(vote.strength),
                     "votes": n,
                     "agreement": share,
                 }
@@ -341,6 +501,8 @@ def tree_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
     yield {
         "study": conv.study,
         "conversation_id": conv.id,
+        "conversation_uuid": conv.uuid,
+        "language": conv.language,
         "scenario": conv.scenario,
         "rater": conv.rater,
         "status": conv.status,
@@ -360,9 +522,12 @@ def tree_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
 def _tree_turn(conv: ConversationData, t: TurnRow, *, on_path: bool, ranked: tuple[int, str] | None) -> Row:
     """One turn of a tree record, with everything known about how it was generated and judged
     (the tree format is the one that keeps it all)."""
+    parent = conv.turns.get(t.parent_id) if t.parent_id is not None else None
     return {
         "turn_id": t.id,
         "parent_id": t.parent_id,
+        "turn_uuid": t.uuid,
+        "parent_uuid": parent.uuid if parent is not None else None,
         "role": t.role,
         "depth": t.depth,
         "position": t.position,
@@ -519,10 +684,9 @@ def multiturn_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
             "gamma": gamma,
             "turn_index": t,
             "num_turns": total,
-            "study": conv.study,
-            "conversation_id": conv.id,
-            "scenario": conv.scenario["external_id"],
+            **_conversation_columns(conv),
             "turn_id": reply.id,
+            "turn_uuid": reply.uuid,
             "model": reply.model,
             "source": source(reply),
             "is_rewrite": reply.is_rewrite,
@@ -549,13 +713,94 @@ def _continuation(conv: ConversationData, turn: TurnRow, lived: list[TurnRow]) -
 
 
 def segments_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
-    """SDPO-style pairs at the branch points that follow an error: the two continuations from
-    the branch point, cut to the same number of messages (at most `segment_turns`)."""
+    """The segments of `--segments`: SDPO (the default) or the pairs after an error."""
+    build = after_error_rows if sel.params.segments == "after-error" else sdpo_rows
+    yield from build(conv, sel)
+
+
+def _segment(turns: list[TurnRow], longest: int) -> list[TurnRow]:
+    """At most `longest` messages of `turns`, ending on a reply (a segment never ends on a user turn)."""
+    cut = turns[:longest]
+    while len(cut) > 1 and cut[-1].role != "assistant":
+        cut.pop()
+    return cut
+
+
+def _repair(
+    conv: ConversationData, lived: list[TurnRow], reaction: int, errors: dict[int, list[str]]
+) -> TurnRow | None:
+    """The reply that answered the user's reaction (lived[reaction]), if the user did not react to it as an
+    error in turn."""
+    if reaction + 1 >= len(lived) or lived[reaction + 1].role != "assistant":
+        return None
+    after = lived[reaction + 2] if reaction + 2 < len(lived) else None
+    return None if after is not None and after.id in errors else lived[reaction + 1]
+
+
+def sdpo_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
+    """SDPO segments (arXiv:2501.01821): each starts at a reply the user then reacted to as an error.
+
+    prompt = the history before that reply; rejected = the reply and what followed it on the lived path
+    (at most `segment_turns` messages, ending on a reply); chosen = a better reply from the same point:
+    each finished sibling candidate ("sibling"), and the reply that answered the user's reaction if the
+    user did not object to it in turn ("repair": what the model should have said at once). The vote
+    columns are those of the live vote that put the erroneous reply on the path (the in-turn judgement
+    the user's reaction overturns); `votes_for`/`votes_against` what every kept vote there said about
+    the two replies.
+    """
+    errors = error_turns(conv)
+    if not errors:
+        return
+    lived = conv.lived_path()
+    for index, reaction in enumerate(lived):
+        if reaction.id not in errors or index == 0:
+            continue
+        error = lived[index - 1]
+        branch = error.parent_id
+        if error.role != "assistant" or source(error) != "model" or branch is None:
+            continue  # the user objected to a rewrite: human text, not a model's error
+        live = next(
+            ((v, n, share) for v, n, share in kept_votes(conv, sel, parent_id=branch)
+             if v.task == "live" and v.continued_from_id == error.id),
+            None,
+        )  # fmt: skip
+        if live is None:  # the rater filter or the agreement filter leaves the vote out
+            continue
+        vote, n, share = live
+        rejected = _segment(lived[index - 1 :], sel.params.segment_turns)
+        options = [(c, "sibling") for c in candidates(conv, branch) if c.id != error.id]
+        repair = _repair(conv, lived, index, errors)
+        if repair is not None:
+            options.append((repair, "repair"))
+        prompt, turn_index = history(conv, branch)
+        for better, chosen_from in options:
+            if not sel.keeps_models(better.model, error.model):
+                continue
+            yield {
+                "prompt": shared_system(better, error) + prompt,
+                "chosen": [message(better)],
+                "rejected": messages(rejected),
+                "segment_kind": "sdpo",
+                "chosen_from": chosen_from,
+                "chosen_messages": 1,
+                "rejected_messages": len(rejected),
+                "error_turn_id": error.id,
+                "error_labels": errors[reaction.id],
+                "reaction_turn_id": reaction.id,
+                **_pair_columns(conv, sel, Pair(vote, better, error, n, share), turn_index),
+            }
+
+
+def after_error_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
+    """`--segments after-error`: the vote pairs at the branch points that follow an error (the user turn
+    that reacted to it), each side continued along the lived path if the conversation went on from
+    it, both cut to the same number of messages (at most `segment_turns`)."""
     errors = error_turns(conv)
     if not errors:
         return
     lived = conv.lived_path()
     for pair in vote_pairs(conv, sel):
+        assert pair.vote is not None
         labels = errors.get(pair.vote.parent_id)
         if labels is None:
             continue
@@ -563,15 +808,18 @@ def segments_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
         bad = _continuation(conv, pair.rejected, lived)
         length = min(len(good), len(bad), sel.params.segment_turns)
         prompt, turn_index = history(conv, pair.vote.parent_id)
-        error_turn = conv.turns[pair.vote.parent_id].parent_id
         yield {
             "prompt": shared_system(pair.chosen, pair.rejected) + prompt,
             "chosen": messages(good[:length]),
             "rejected": messages(bad[:length]),
-            "segment_messages": length,
-            "error_turn_id": error_turn,
+            "segment_kind": "after_error",
+            "chosen_from": "vote",
+            "chosen_messages": length,
+            "rejected_messages": length,
+            "error_turn_id": conv.turns[pair.vote.parent_id].parent_id,
             "error_labels": labels,
-            **_pair_columns(conv, pair, turn_index),
+            "reaction_turn_id": pair.vote.parent_id,
+            **_pair_columns(conv, sel, pair, turn_index),
         }
 
 
@@ -587,22 +835,30 @@ BUILDERS: dict[str, Callable[[ConversationData, Selection], Iterator[Row]]] = {
 
 # Arrow schemas for Parquet, column for column as above.
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-_VOTE_COLUMNS = [
+_CONVERSATION_COLUMNS = [
     ("study", pa.string()),
     ("conversation_id", pa.int64()),
+    ("conversation_uuid", pa.string()),
     ("scenario", pa.string()),
+    ("language", pa.string()),
+]
+_VOTE_COLUMNS = [
+    *_CONVERSATION_COLUMNS,
     ("turn_index", pa.int32()),
     ("comparison_id", pa.int64()),
     ("task", pa.string()),
     ("rater", pa.string()),
     ("choice", pa.string()),
     ("strength", pa.string()),
+    ("strength_score", pa.float64()),
 ]
 _PAIR_COLUMNS = [
     *_VOTE_COLUMNS,
     ("chosen_is_rewrite", pa.bool_()),
     ("chosen_turn_id", pa.int64()),
     ("rejected_turn_id", pa.int64()),
+    ("chosen_turn_uuid", pa.string()),
+    ("rejected_turn_uuid", pa.string()),
     ("chosen_model", pa.string()),
     ("rejected_model", pa.string()),
     ("chosen_source", pa.string()),
@@ -611,6 +867,11 @@ _PAIR_COLUMNS = [
     ("rejected_tags", pa.list_(pa.string())),
     ("votes", pa.int32()),
     ("agreement", pa.float64()),
+    ("votes_for", pa.int32()),
+    ("votes_against", pa.int32()),
+    ("votes_tied", pa.int32()),
+    ("margin", pa.float64()),
+    ("comparison_ids", pa.list_(pa.int64())),
 ]
 _TAG = pa.struct(
     [
@@ -628,6 +889,8 @@ _TREE_TURN = pa.struct(
     [
         ("turn_id", pa.int64()),
         ("parent_id", pa.int64()),
+        ("turn_uuid", pa.string()),
+        ("parent_uuid", pa.string()),
         ("role", pa.string()),
         ("depth", pa.int32()),
         ("position", pa.int32()),
@@ -677,6 +940,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("label", pa.bool_()),
             *_VOTE_COLUMNS,
             ("turn_id", pa.int64()),
+            ("turn_uuid", pa.string()),
             ("model", pa.string()),
             ("source", pa.string()),
             ("is_rewrite", pa.bool_()),
@@ -694,14 +958,18 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("judge", pa.string()),
             ("conversation_a", MESSAGES),
             ("conversation_b", MESSAGES),
-            ("turn", pa.int32()),
+            ("turn", pa.int64()),  # int64 as in the Chatbot Arena release
             ("anony", pa.bool_()),
+            ("language", pa.string()),
             ("tstamp", pa.float64()),
+            ("own_history", pa.bool_()),
             ("study", pa.string()),
             ("conversation_id", pa.int64()),
+            ("conversation_uuid", pa.string()),
             ("comparison_id", pa.int64()),
             ("task", pa.string()),
             ("strength", pa.string()),
+            ("strength_score", pa.float64()),
             ("votes", pa.int32()),
             ("agreement", pa.float64()),
         ]
@@ -710,6 +978,8 @@ SCHEMAS: dict[str, pa.Schema] = {
         [
             ("study", pa.string()),
             ("conversation_id", pa.int64()),
+            ("conversation_uuid", pa.string()),
+            ("language", pa.string()),
             (
                 "scenario",
                 pa.struct(
@@ -760,10 +1030,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("gamma", pa.float64()),
             ("turn_index", pa.int32()),
             ("num_turns", pa.int32()),
-            ("study", pa.string()),
-            ("conversation_id", pa.int64()),
-            ("scenario", pa.string()),
+            *_CONVERSATION_COLUMNS,
             ("turn_id", pa.int64()),
+            ("turn_uuid", pa.string()),
             ("model", pa.string()),
             ("source", pa.string()),
             ("is_rewrite", pa.bool_()),
@@ -775,9 +1044,13 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("prompt", MESSAGES),
             ("chosen", MESSAGES),
             ("rejected", MESSAGES),
-            ("segment_messages", pa.int32()),
+            ("segment_kind", pa.string()),
+            ("chosen_from", pa.string()),
+            ("chosen_messages", pa.int32()),
+            ("rejected_messages", pa.int32()),
             ("error_turn_id", pa.int64()),
             ("error_labels", pa.list_(pa.string())),
+            ("reaction_turn_id", pa.int64()),
             *_PAIR_COLUMNS,
         ]
     ),
@@ -793,14 +1066,28 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "completion": "The judged reply, one assistant message.",
     "label": "True for the chosen candidate or a rewrite, false for the others and for all-bad candidates.",
     "study": "Study slug.",
-    "conversation_id": "Conversation id (database integer).",
+    "conversation_id": "Conversation id (this database's integer; see `conversation_uuid`).",
+    "conversation_uuid": "Conversation UUID: stable across databases and exports.",
+    "language": "BCP 47 tag of the language the study ran in, as the researcher declared it (not detected).",
+    "strength_score": "The strength as a number: 1.0 clear, 0.5 slight; null where the study did not ask.",
+    "chosen_turn_uuid": "Turn UUID of the chosen reply.",
+    "rejected_turn_uuid": "Turn UUID of the rejected reply.",
+    "turn_uuid": "Turn UUID of the reply.",
+    "votes_for": "Kept votes at the branch point that preferred the chosen side to the rejected one.",
+    "votes_against": "... that preferred the rejected side.",
+    "votes_tied": "... that judged the two equal (tie, all bad).",
+    "margin": "Mean signed strength over the votes that judged the pair (+1 clear, +0.5 slight for the chosen side, "
+    "0 tie, negative for the rejected side), in [-1, 1].",
+    "comparison_ids": "Ids of every kept vote that judged this pair of replies.",
+    "own_history": "Each side holds only its own model's earlier replies (`--arena-history own`: always true).",
     "scenario": "Scenario external id.",
     "turn_index": "1-based number of the user turn (the branch point).",
-    "comparison_id": "Id of the vote the row comes from.",
-    "task": "`live` (the rater's own vote) or `review` (a reviewer's).",
-    "rater": "Rater pseudonym (`rater-<id>`).",
+    "comparison_id": "Id of the vote the row comes from; null in an aggregated row (`--aggregate`: see "
+    "`comparison_ids`).",
+    "task": "`live` (the rater's own vote) or `review` (a reviewer's); null in an aggregated row.",
+    "rater": "Rater pseudonym (`rater-<id>`); null in an aggregated row.",
     "choice": "`candidate`, `tie` or `all_bad`.",
-    "strength": "`clear`, `slight` or empty.",
+    "strength": "`clear`, `slight` or empty (not asked); null in an aggregated row.",
     "chosen_is_rewrite": "The chosen side is the rater's rewrite (human text).",
     "chosen_turn_id": "Turn id of the chosen reply.",
     "rejected_turn_id": "Turn id of the rejected reply.",
@@ -811,21 +1098,23 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "chosen_tags": "Distinct confirmed labels on the chosen reply.",
     "rejected_tags": "Distinct confirmed labels on the rejected reply.",
     "votes": "Votes (live and review) at the branch point.",
-    "agreement": "Share of the other votes at the branch point that made the same choice; null with one vote.",
+    "agreement": "Share of the other votes at the branch point that made the same choice; null with one vote. "
+    "In an aggregated row: the share of the votes that judged the pair that chose its chosen side.",
     "turn_id": "Turn id of the reply.",
     "model": "Model config of the reply; null for a rewrite.",
     "source": "Who wrote the reply: `model` or `human`.",
     "is_rewrite": "The reply is the rater's rewrite (human text).",
     "tags": "Distinct confirmed labels on the reply.",
-    "question_id": "`<conversation id>-<user turn id>`.",
+    "question_id": "UUID (32 hex digits) of the user turn the battle answers.",
     "model_a": "Model config of the first candidate (slot order).",
     "model_b": "Model config of the second candidate (slot order).",
     "winner": "`model_a`, `model_b`, `tie` or `tie (bothbad)`.",
     "judge": "Rater pseudonym.",
-    "conversation_a": "System prompt, history and model A's reply.",
-    "conversation_b": "System prompt, history and model B's reply.",
+    "conversation_a": "System prompt, history and model A's reply; the history's replies are model A's own "
+    "(`--arena-history own`) or the lived ones (`lived`).",
+    "conversation_b": "The same for model B.",
     "turn": "1-based user turn number.",
-    "anony": "Always true: raters never saw model names.",
+    "anony": "True when raters did not see model names (the study's default).",
     "tstamp": "Vote time, Unix seconds.",
     "status": "`active`, `completed` or `abandoned`.",
     "started_at": "Conversation start, ISO 8601 UTC.",
@@ -841,9 +1130,15 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "outcome_term": "The outcome discounted to this reply (0 without a survey).",
     "gamma": "Discount used (`--gamma`).",
     "num_turns": "Replies on the lived path.",
-    "segment_messages": "Messages on each side of the segment.",
+    "segment_kind": "`sdpo` (a segment starting at the erroneous reply) or `after_error` (`--segments after-error`).",
+    "chosen_from": "Where the chosen side comes from: `sibling` (another candidate at the erroneous reply's branch "
+    "point), `repair` (the reply that answered the user's reaction) or `vote` (after-error pairs).",
+    "chosen_messages": "Messages on the chosen side.",
+    "rejected_messages": "Messages on the rejected side.",
     "error_turn_id": "The reply the user reacted to as an error.",
     "error_labels": "The negative feedback labels of that reaction.",
+    "reaction_turn_id": "The user turn that reacted to the reply as an error.",
+    "parent_uuid": "Turn UUID of the parent turn.",
 }
 FORMAT_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "reward": {
@@ -857,8 +1152,11 @@ FORMAT_COLUMN_DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "segments": {
         "prompt": "System prompt (if the sides share one) and the history before the segment.",
-        "chosen": "The preferred segment (messages).",
-        "rejected": "The other segment, cut to the same number of messages.",
+        "chosen": "The better reply from the segment's start (sdpo), or the chosen continuation (after_error).",
+        "rejected": "sdpo: the erroneous reply and what followed it on the lived path (at most `--segment-turns` "
+        "messages, ending on a reply); after_error: the other continuation, cut to the chosen one's length.",
+        "comparison_id": "The vote the row comes from; sdpo: the live vote that put the erroneous reply on the path.",
+        "choice": "The vote's choice (sdpo: the in-turn vote, which chose the erroneous reply).",
     },
     "tree": {
         "scenario": "The scenario: external id, title, brief and hidden intent.",

@@ -36,6 +36,16 @@ from workers.models import ModelConfig
 
 FORMATS = ("dpo", "kto", "reward", "tree", "arena", "multiturn", "segments")
 FILE_FORMATS = ("jsonl", "parquet")
+# --aggregate: how repeated judgements of the same pair of replies (several raters, reviewers) become rows
+# of the pair formats (dpo, reward): one per vote, or one per pair by majority or by mean signed margin.
+AGGREGATES = ("none", "majority", "mean-margin")
+PAIR_FORMATS = frozenset({"dpo", "reward"})
+# --segments: SDPO segments (starting at the reply the user reacted to as an error), or the pairs of the
+# vote at the branch point after such a reaction (the earlier definition).
+SEGMENT_KINDS = ("sdpo", "after-error")
+# --arena-history: each side's earlier replies are that model's own (Chatbot Arena), or the lived ones
+# (what both models were actually given).
+ARENA_HISTORIES = ("own", "lived")
 # Formats that read a turn's generation details and timings. The others read a lean turn: half
 # the columns and no timestamps or JSON to decode, which halves the cost of reading a study.
 DETAIL_FORMATS = frozenset({"tree"})
@@ -43,6 +53,7 @@ DETAIL_FORMATS = frozenset({"tree"})
 # the details.
 _TURN_COLUMNS = (
     "id", "parent_id", "role", "position", "text", "status", "model_config_id", "system_prompt", "is_rewrite",
+    "uuid",
 )  # fmt: skip
 _TURN_DETAILS = (
     "depth", "error", "params", "seed", "rewrite_of_id", "prompt_tokens", "completion_tokens", "created_at",
@@ -69,6 +80,9 @@ class ExportParams:
     gamma: float = 0.9  # multiturn: discount of later feedback and of the outcome
     grounding_weight: float = 0.0  # multiturn: reward per grounding act on the turn
     segment_turns: int = 3  # segments: longest segment, in messages
+    segments: str = "sdpo"  # segments: which segments (SEGMENT_KINDS)
+    aggregate: str = "none"  # dpo/reward: one row per vote, or per pair of replies (AGGREGATES)
+    arena_history: str = "own"  # arena: whose earlier replies each side holds (ARENA_HISTORIES)
     licence: str = "other"
     split: str = ""  # "train=0.9,test=0.1": conversations shared out among named splits, one file each
     split_seed: int = 0  # which conversations go where (the same seed, the same assignment)
@@ -90,6 +104,8 @@ class ExportParams:
         for name in self.__dataclass_fields__:
             if name in _SPLIT_FIELDS and not self.split:  # an unsplit export's manifest stays as it was
                 continue
+            if name in _FORMAT_FIELDS and self.format not in _FORMAT_FIELDS[name]:  # options of other formats
+                continue
             value = getattr(self, name)
             out[name] = (
                 value.isoformat() if isinstance(value, dt.date) else list(value) if isinstance(value, tuple) else value
@@ -98,6 +114,8 @@ class ExportParams:
 
 
 _SPLIT_FIELDS = ("split", "split_seed")
+# Options that only some formats read: recorded in the manifest of those formats only.
+_FORMAT_FIELDS = {"segments": {"segments"}, "aggregate": PAIR_FORMATS, "arena_history": {"arena"}}
 _SPLIT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
@@ -160,6 +178,7 @@ class TurnRow:
     model: str | None  # the model config's name; None for user turns and rewrites (human text)
     system_prompt: str
     is_rewrite: bool
+    uuid: str
     depth: int | None = None
     error: str | None = None
     params: dict[str, Any] | None = None
@@ -209,7 +228,9 @@ class ConversationData:
     """One conversation, its whole tree, its votes and confirmed tags."""
 
     id: int
+    uuid: str
     study: str
+    language: str  # the study's declared language (BCP 47)
     scenario: dict[str, str]
     rater: str
     rater_username: str
@@ -273,6 +294,7 @@ class _JsonLoader(Loader):
 
 _TIMESTAMPTZ = postgres_types["timestamptz"].oid
 _TIMESTAMPTZ_LOADER = psycopg_adapters.get_loader(_TIMESTAMPTZ, Format.TEXT)  # psycopg's C loader
+_UUID_AS_TEXT = psycopg_adapters.get_loader(postgres_types["text"].oid, Format.TEXT)
 
 
 def _rows(qs: Any) -> list[tuple[Any, ...]]:
@@ -291,6 +313,7 @@ def _rows(qs: Any) -> list[tuple[Any, ...]]:
     with connection.cursor() as cursor:
         cursor.cursor.adapters.register_loader(_TIMESTAMPTZ, _TIMESTAMPTZ_LOADER)
         cursor.cursor.adapters.register_loader("jsonb", _JsonLoader)
+        cursor.cursor.adapters.register_loader("uuid", _UUID_AS_TEXT)  # the rows want text: no UUID objects
         cursor.execute(sql, params)
         return list(cursor.fetchall())
 
@@ -434,9 +457,9 @@ class Selection:
                 .filter(id__gt=last)
                 .order_by("id")
                 .values_list(
-                    "id", "scenario__external_id", "scenario__title", "scenario__brief", "scenario__hidden_intent",
-                    "rater_id", "status", "head_id", "outcome_goal", "outcome_understanding", "outcome_comment",
-                    "started_at", "ended_at",
+                    "id", "uuid", "scenario__external_id", "scenario__title", "scenario__brief",
+                    "scenario__hidden_intent", "rater_id", "status", "head_id", "outcome_goal",
+                    "outcome_understanding", "outcome_comment", "started_at", "ended_at",
                 )[:size]
             )  # fmt: skip
             if not rows:
@@ -458,13 +481,15 @@ class Selection:
     def _load_conversations(self, rows: list[tuple[Any, ...]]) -> dict[int, ConversationData]:
         """The chunk's conversations by id, from `_chunks`' rows, still without turns, votes or
         tags; by id so that the flat queries below can hand each row to its conversation."""
-        slug = self.study.slug
+        slug, language = self.study.slug, self.study.language
         by_id: dict[int, ConversationData] = {}
-        for cid, ext, title, brief, intent, rater_id, status, head, goal, und, comment, started, ended in rows:
+        for cid, cuuid, ext, title, brief, intent, rater_id, status, head, goal, und, comment, started, ended in rows:
             rater, rater_username = self._rater(rater_id)
             by_id[cid] = ConversationData(
                 id=cid,
+                uuid=str(cuuid),
                 study=slug,
+                language=language,
                 scenario={"external_id": ext, "title": title, "brief": brief, "hidden_intent": intent},
                 rater=rater,
                 rater_username=rater_username,
@@ -492,7 +517,7 @@ class Selection:
         model_names = self.model_names
         conv_turns: dict[int, TurnRow] = {}
         conv_id = None
-        for cid, tid, parent, role, position, text, status, model_id, system, rewrite, *details in _rows(
+        for cid, tid, parent, role, position, text, status, model_id, system, rewrite, tuuid, *details in _rows(
             turns.values_list(*columns)
         ):
             if cid != conv_id:
@@ -500,7 +525,7 @@ class Selection:
             # A rewrite keeps its base reply's model config in the database, but its text is the
             # rater's: attributed to a model it would pass `--model` filters as that model's output.
             model = None if rewrite else model_names.get(model_id)
-            turn = TurnRow(tid, parent, role, position, text, status, model, system, rewrite, *details)
+            turn = TurnRow(tid, parent, role, position, text, status, model, system, rewrite, str(tuuid), *details)
             conv_turns[tid] = turn
             parent_turn = conv_turns.get(parent)
             if parent_turn is not None:
@@ -619,6 +644,15 @@ def selection_open(params: ExportParams, *, refuse: Callable[[str], Exception]) 
         raise refuse("γ (gamma) must be between 0 and 1.")
     if params.segment_turns < 1:
         raise refuse("Segments need at least one message.")
+    choices = (("aggregate", params.aggregate, AGGREGATES), ("segments", params.segments, SEGMENT_KINDS),
+               ("arena history", params.arena_history, ARENA_HISTORIES))  # fmt: skip
+    for name, value, allowed in choices:
+        if value not in allowed:
+            raise refuse(f"Unknown {name} “{value}”. Choose one of: {', '.join(allowed)}.")
+    if params.aggregate != "none" and params.format not in PAIR_FORMATS:
+        raise refuse(
+            f"--aggregate applies to the pair formats ({', '.join(sorted(PAIR_FORMATS))}), not to {params.format}."
+        )
     if params.since and params.until and params.since > params.until:
         raise refuse("The date range is empty: 'since' is after 'until'.")
     try:

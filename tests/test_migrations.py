@@ -238,6 +238,11 @@ def test_upgrade_from_the_previous_release_keeps_every_row(back_at_latest):
             assert model.objects.filter(pk=row["id"]).values(*row).get() == row, model
     study = Study.objects.get(pk=old["study"].pk)
     assert list(study.model_pool.values_list("name", flat=True)) == ["model-a"]
+    # annotate.0012: every conversation and turn there already got its own UUID; the study's language is "en".
+    for model in (Conversation, Turn):
+        uuids = list(model.objects.values_list("uuid", flat=True))
+        assert uuids and None not in uuids and len(set(uuids)) == len(uuids), model
+    assert study.language == "en"
 
     # The export: same id and foreign keys, now in the exports app's table.
     export = DatasetExport.objects.get(pk=old["export"].pk)

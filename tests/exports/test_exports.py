@@ -50,7 +50,15 @@ def rater(story: dict[str, Any], name: str) -> str:
 def test_dpo_golden_records(story, tmp_path):
     rows, _ = export(tmp_path, format="dpo")
     pk = {key: obj.pk for key, obj in story.items() if hasattr(obj, "pk")}
-    common = {"study": "golden", "conversation_id": pk["c1"], "scenario": "party"}
+    c1 = story["c1"]
+    uuid = {key: str(obj.uuid) for key, obj in story.items() if hasattr(obj, "uuid")}
+    common = {
+        "study": "golden",
+        "conversation_id": pk["c1"],
+        "conversation_uuid": str(c1.uuid),
+        "scenario": "party",
+        "language": "en",
+    }
     first = {
         "prompt": [U1],
         "chosen": [A1B],
@@ -62,9 +70,12 @@ def test_dpo_golden_records(story, tmp_path):
         "rater": rater(story, "alice"),
         "choice": "candidate",
         "strength": "clear",
+        "strength_score": 1.0,
         "chosen_is_rewrite": False,
         "chosen_turn_id": pk["a1B"],
         "rejected_turn_id": pk["a1A"],
+        "chosen_turn_uuid": uuid["a1B"],
+        "rejected_turn_uuid": uuid["a1A"],
         "chosen_model": "model-clarify",
         "rejected_model": "model-plain",
         "chosen_source": "model",
@@ -73,6 +84,12 @@ def test_dpo_golden_records(story, tmp_path):
         "rejected_tags": [],  # alice rejected the over-response suggestion: not a tag
         "votes": 2,
         "agreement": 1.0,
+        # Both votes at turn 1 chose a1B over a1A: alice's clear one and bob's (no strength asked: weight 1).
+        "votes_for": 2,
+        "votes_against": 0,
+        "votes_tied": 0,
+        "margin": 1.0,
+        "comparison_ids": [pk["v1"], pk["v1r"]],
     }
     assert rows[0] == first
     # bob's review vote agrees: the same pair under his pseudonym.
@@ -82,6 +99,7 @@ def test_dpo_golden_records(story, tmp_path):
         "task": "review",
         "rater": rater(story, "bob"),
         "strength": "",
+        "strength_score": None,
     }
     # Turn 2: alice and bob disagree, so each vote has agreement 0 and the pairs are mirrored.
     history2 = [U1, A1B, U2]
@@ -93,9 +111,17 @@ def test_dpo_golden_records(story, tmp_path):
         "turn_index": 2,
         "comparison_id": pk["v2"],
         "strength": "slight",
+        "strength_score": 0.5,
         "chosen_turn_id": pk["a2A"],
         "rejected_turn_id": pk["a2B"],
+        "chosen_turn_uuid": uuid["a2A"],
+        "rejected_turn_uuid": uuid["a2B"],
         "agreement": 0.0,
+        # alice slightly preferred a2A, bob preferred a2B (weight 1): (0.5 − 1) / 2.
+        "votes_for": 1,
+        "votes_against": 1,
+        "margin": -0.25,
+        "comparison_ids": [pk["v2"], pk["v2r"]],
     }
     assert (rows[3]["prompt"], rows[3]["chosen"], rows[3]["rejected"]) == (history2, [A2B], [A2A])
     assert (rows[3]["chosen_model"], rows[3]["chosen_tags"], rows[3]["rejected_tags"]) == (
@@ -235,7 +261,21 @@ def test_arena_golden_battles(story, tmp_path):
     assert rows[0]["conversation_a"] == [U1, A1A] and rows[0]["conversation_b"] == [SYSTEM, U1, A1B]
     assert rows[0]["anony"] is True
     assert rows[0]["tstamp"] == (T0 + dt.timedelta(seconds=10)).timestamp()
-    assert rows[0]["question_id"] == f"{story['c1'].pk}-{story['u1'].pk}"
+    assert rows[0]["question_id"] == story["u1"].uuid.hex  # as Chatbot Arena's: 32 hex digits
+    assert rows[0]["language"] == "en" and rows[0]["own_history"] is True
+    # Turn 2: each side holds its own model's earlier reply (Chatbot Arena), not the lived one. Slot A
+    # (clarify) wrote a1B at turn 1, slot B (plain) a1A.
+    assert rows[2]["conversation_a"] == [SYSTEM, U1, A1B, U2, A2A]
+    assert rows[2]["conversation_b"] == [U1, A1A, U2, A2B]
+    assert rows[4]["conversation_b"] == [SYSTEM, U1, A1B, U2, A2A, U3, A3B]  # the lived turn-2 reply was clarify's
+
+
+def test_arena_lived_history_is_a_named_option_that_says_whose_history_it_is(story, tmp_path):
+    rows, out = export(tmp_path, format="arena", arena_history="lived")
+    assert json.loads((out / "manifest.json").read_text())["parameters"]["arena_history"] == "lived"
+    assert rows[2]["conversation_a"] == [SYSTEM, U1, A1B, U2, A2A]
+    assert rows[2]["conversation_b"] == [U1, A1B, U2, A2B]  # plain's side holds clarify's turn-1 reply
+    assert [r["own_history"] for r in rows] == [True, True, False, False, False, True]
 
 
 def test_multiturn_golden_rewards(story, tmp_path):
@@ -265,17 +305,51 @@ def test_multiturn_gamma_and_grounding_weight_are_parameters(story, tmp_path):
     assert rows[0]["gamma"] == 0.5
 
 
-def test_segments_golden_pairs_follow_the_error(story, tmp_path):
+def test_segments_are_sdpo_segments_starting_at_the_erroneous_reply(story, tmp_path):
+    """u3 ("He is six, as I said.") reacts to a2A as an error (correction, rephrase). a2A was the rater's
+    choice in its turn; the segment starts there: rejected = a2A and what followed it, chosen = a better
+    reply from the same point, its sibling a2B and the reply that repaired the error (the rewrite r3)."""
     rows, _ = export(tmp_path, format="segments")
     pk = {key: obj.pk for key, obj in story.items() if hasattr(obj, "pk")}
-    # u3 ("He is six, as I said.") is tagged correction/rephrase: the reply before it, a2A, was an
-    # error, and u3's candidates form the segments. The rejected replies were never continued, so
-    # both segments are one message long.
-    assert [(r["chosen"], r["rejected"], r["segment_messages"]) for r in rows] == [([R3], [A3A], 1), ([R3], [A3B], 1)]
-    assert {(r["error_turn_id"], tuple(r["error_labels"]), r["turn_index"]) for r in rows} == {
-        (pk["a2A"], ("correction", "rephrase"), 3)
+    got = [(r["chosen_from"], r["chosen"], r["rejected"], r["chosen_source"]) for r in rows]
+    assert got == [("sibling", [A2B], [A2A, U3, R3], "model"), ("repair", [R3], [A2A, U3, R3], "human")]
+    for row in rows:
+        assert row["prompt"] == [U1, A1B, U2]  # the history before the erroneous reply; no shared system prompt
+        assert (row["segment_kind"], row["error_turn_id"], row["reaction_turn_id"]) == ("sdpo", pk["a2A"], pk["u3"])
+        assert (row["rejected_turn_id"], row["rejected_model"], row["error_labels"]) == (
+            pk["a2A"],
+            "model-clarify",
+            ["correction", "rephrase"],
+        )
+        # The in-turn vote the reaction overturns: alice chose a2A, slightly.
+        assert (row["comparison_id"], row["choice"], row["strength_score"], row["turn_index"]) == (
+            pk["v2"],
+            "candidate",
+            0.5,
+            2,
+        )
+        assert (row["chosen_messages"], row["rejected_messages"]) == (1, 3)
+    # bob's review preferred a2B, alice a2A (slightly): the pair's tally as seen from a2B.
+    assert (rows[0]["votes_for"], rows[0]["votes_against"], rows[0]["margin"]) == (1, 1, 0.25)
+    assert (rows[1]["votes_for"], rows[1]["comparison_ids"]) == (0, [])  # no vote compared the repair with a2A
+
+
+@pytest.mark.parametrize(("longest", "rejected"), [(1, [A2A]), (2, [A2A]), (3, [A2A, U3, R3])])
+def test_segment_turns_bounds_the_rejected_segment_which_ends_on_a_reply(story, tmp_path, longest, rejected):
+    rows, _ = export(tmp_path, format="segments", segment_turns=longest)
+    assert {tuple(m["content"] for m in r["rejected"]) for r in rows} == {tuple(m["content"] for m in rejected)}
+
+
+def test_segments_after_error_keeps_the_earlier_pairs_as_a_named_option(story, tmp_path):
+    rows, out = export(tmp_path, format="segments", segments="after-error")
+    pk = {key: obj.pk for key, obj in story.items() if hasattr(obj, "pk")}
+    # u3's candidates form the pairs; the rejected replies were never continued: one message each.
+    assert [(r["chosen"], r["rejected"], r["chosen_messages"]) for r in rows] == [([R3], [A3A], 1), ([R3], [A3B], 1)]
+    assert {(r["error_turn_id"], tuple(r["error_labels"]), r["turn_index"], r["segment_kind"]) for r in rows} == {
+        (pk["a2A"], ("correction", "rephrase"), 3, "after_error")
     }
     assert rows[0]["prompt"] == [U1, A1B, U2, A2A, U3]
+    assert json.loads((out / "manifest.json").read_text())["parameters"]["segments"] == "after-error"
 
 
 def test_segments_cut_continuations_to_equal_length():
@@ -283,14 +357,64 @@ def test_segments_cut_continuations_to_equal_length():
     from exports.selection import ConversationData, TurnRow
 
     def t(i: int, parent: int | None, role: str) -> TurnRow:
-        return TurnRow(i, parent, role, 0, f"t{i}", "done", "m", "", False)
+        return TurnRow(i, parent, role, 0, f"t{i}", "done", "m", "", False, f"uuid-{i}")
 
-    conv = ConversationData(1, "s", {}, "r", "r", "completed", 5, "", None, "", T0, None)
+    conv = ConversationData(1, "uuid-c", "s", "en", {}, "r", "r", "completed", 5, "", None, "", T0, None)
     for turn in (t(1, None, "user"), t(2, 1, "assistant"), t(3, 1, "assistant"), t(4, 2, "user"), t(5, 4, "assistant")):
         conv.turns[turn.id] = turn
     lived = conv.lived_path()
     assert [x.id for x in formats._continuation(conv, conv.turns[2], lived)] == [2, 4, 5]
     assert [x.id for x in formats._continuation(conv, conv.turns[3], lived)] == [3]
+
+
+def _pairs(rows: list[dict[str, Any]]) -> list[tuple[str, str, int, int, int, float]]:
+    return [
+        (r["chosen"][-1]["content"], r["rejected"][-1]["content"], r["votes_for"], r["votes_against"],
+         r["votes_tied"], r["margin"])
+        for r in rows
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["dpo", "reward"])
+def test_aggregate_majority_gives_one_row_per_pair_of_replies_oriented_by_the_most_votes(story, tmp_path, fmt):
+    rows, _ = export(tmp_path, format=fmt, aggregate="majority")
+    pk = {key: obj.pk for key, obj in story.items() if hasattr(obj, "pk")}
+    # Turn 1: both votes chose a1B (one row, not two). Turn 2: alice a2A, bob a2B, one each: no majority,
+    # no row. Turn 3: the rewrite beats both candidates (one vote). Carol's tie: no direction.
+    assert _pairs(rows) == [
+        (A1B["content"], A1A["content"], 2, 0, 0, 1.0),
+        (R3["content"], A3A["content"], 1, 0, 0, 1.0),
+        (R3["content"], A3B["content"], 1, 0, 0, 1.0),
+    ]
+    first = rows[0]
+    assert (first["comparison_id"], first["rater"], first["task"], first["strength"]) == (None, None, None, None)
+    assert (first["choice"], first["comparison_ids"], first["agreement"]) == ("candidate", [pk["v1"], pk["v1r"]], 1.0)
+
+
+def test_aggregate_mean_margin_weighs_strength_and_include_ties_keeps_undecided_pairs(story, tmp_path):
+    rows, _ = export(tmp_path, format="dpo", aggregate="mean-margin")
+    # Turn 2: alice slightly for a2A (0.5), bob for a2B (1): the mean margin favours a2B by 0.25.
+    assert _pairs(rows)[1] == (A2B["content"], A2A["content"], 1, 1, 0, 0.25)
+    assert len(rows) == 4 and rows[1]["agreement"] == 0.5
+    tied, _ = export(tmp_path, "ties", format="dpo", aggregate="majority", include_ties=True)
+    undecided = [
+        (r["chosen"][0]["content"], r["rejected"][0]["content"], r["choice"]) for r in tied if r["choice"] == "tie"
+    ]
+    assert undecided == [
+        (A2A["content"], A2B["content"], "tie"),  # 1–1, slot order
+        (A3A["content"], A3B["content"], "tie"),  # all bad: judged equal
+        ("Hi.", "Hello! What do you need?", "tie"),  # carol's tie
+    ]
+
+
+def test_aggregate_applies_to_pair_formats_only_and_names_its_choices(story, tmp_path):
+    with pytest.raises(ActionRefused, match="pair formats"):
+        export(tmp_path, format="kto", aggregate="majority")
+    with pytest.raises(ActionRefused, match="Unknown aggregate"):
+        export(tmp_path, "x", format="dpo", aggregate="mode")
+    with pytest.raises(CommandError, match="invalid choice"):
+        call_command("export_dataset", "--study", "golden", "--format", "dpo", "--out", str(tmp_path / "y"),
+                     "--aggregate", "sum", "--quiet")  # fmt: skip
 
 
 def test_filters(story, tmp_path):
@@ -543,3 +667,51 @@ def test_tree_keeps_why_a_reply_failed_without_the_model_servers_address(story, 
     assert formats.public_error("answered 500 from gpu-box.corp:8443 (" + "x" * 400) == (
         "answered 500 from <address> (" + "x" * (formats.ERROR_CHARS - len("answered 500 from <address> ("))
     )
+
+
+def test_the_studys_declared_language_is_in_every_row_and_in_the_card(story, tmp_path):
+    import yaml
+    from django.core.exceptions import ValidationError
+
+    from annotate.models import Study
+
+    Study.objects.filter(slug="golden").update(language="pt-BR")
+    for fmt in FORMATS:
+        rows, out = export(tmp_path, fmt, format=fmt)
+        assert {r["language"] for r in rows} == {"pt-BR"}, fmt
+        front = yaml.safe_load((out / "README.md").read_text().split("---\n")[1])
+        assert front["language"] == ["pt-BR"]
+    study = Study.objects.get(slug="golden")
+    for bad in ("en\nlicense: mit", "english language", "e"):
+        study.language = bad
+        with pytest.raises(ValidationError, match="BCP 47"):
+            study.full_clean()
+
+
+def test_ids_are_stable_uuids_the_same_in_every_format_and_export(story, tmp_path):
+    dpo, _ = export(tmp_path, "dpo", format="dpo")
+    tree, _ = export(tmp_path, "tree", format="tree")
+    again, _ = export(tmp_path, "again", format="dpo")
+    c1, a1b = story["c1"], story["a1B"]
+    assert dpo[0]["conversation_uuid"] == tree[0]["conversation_uuid"] == str(c1.uuid)
+    turns = {t["turn_id"]: t for t in tree[0]["turns"]}
+    assert dpo[0]["chosen_turn_uuid"] == turns[a1b.pk]["turn_uuid"] == str(a1b.uuid)
+    assert turns[a1b.pk]["parent_uuid"] == str(story["u1"].uuid)
+    assert [r["chosen_turn_uuid"] for r in dpo] == [r["chosen_turn_uuid"] for r in again]
+    assert len({t["turn_uuid"] for t in tree[0]["turns"]}) == len(tree[0]["turns"])
+
+
+@pytest.mark.parametrize(
+    ("fmt", "option", "says"),
+    [
+        ("dpo", {"aggregate": "majority"}, "`--aggregate majority`"),
+        ("reward", {"aggregate": "mean-margin"}, "`--aggregate mean-margin`"),
+        ("segments", {"segments": "after-error"}, "Segments are the vote pairs at the branch point after an error"),
+        ("arena", {"arena_history": "lived"}, "`--arena-history lived`"),
+    ],
+)
+def test_the_card_says_what_a_non_default_row_option_means(story, tmp_path, fmt, option, says):
+    _, out = export(tmp_path, format=fmt, **option)
+    assert says in (out / "README.md").read_text()
+    _, plain = export(tmp_path, "plain", format=fmt)
+    assert says not in (plain / "README.md").read_text()

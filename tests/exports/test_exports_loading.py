@@ -164,16 +164,21 @@ def test_card_declares_the_features_datasets_derives_from_the_parquet_schema(fmt
     assert datasets.Features._from_yaml_list(features_yaml(SCHEMAS[fmt])) == expected
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+# Row options whose rows differ in shape (null vote columns of aggregated rows, multi-message segments).
+ROW_OPTIONS = [("dpo", {"aggregate": "majority"}), ("reward", {"aggregate": "mean-margin"}),
+               ("segments", {"segments": "after-error"}), ("arena", {"arena_history": "lived"})]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fmt", "options"), [(fmt, {}) for fmt in FORMATS] + ROW_OPTIONS)
 def test_every_export_loads_from_its_directory_with_the_declared_features(
-    db: None, tmp_path: Path, cache: Path, fmt: str
+    db: None, tmp_path: Path, cache: Path, fmt: str, options: dict[str, str]
 ) -> None:
     # Given the same export as JSONL, gzip JSONL and Parquet
     build_export_study()
     features = datasets.Features.from_arrow_schema(SCHEMAS[fmt])
     loaded = {}
     for kind, params in {"jsonl": {}, "gz": {"gzip": True}, "parquet": {"file_format": "parquet"}}.items():
-        path, manifest = export(fmt, tmp_path, **params)
+        path, manifest = export(fmt, tmp_path, **params, **options)
         header = front_matter(path.parent)
         assert header["configs"] == [
             {"config_name": fmt, "data_files": [{"split": "train", "path": path.name}], "default": True}
@@ -370,12 +375,14 @@ def test_kto_trainer_prepares_the_kto_export_as_it_is(
 
 # TRL 1.16 still calls transformers' old `is_gradient_checkpointing` name; nothing of ours.
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
-def test_dpo_trainer_trains_one_step_on_the_dpo_export_as_it_is(
-    db: None, tmp_path: Path, cache: Path, tiny_model_dir: Path, chat_tokenizer: PreTrainedTokenizerBase
+@pytest.mark.parametrize("fmt", ["dpo", "segments"])
+def test_dpo_trainer_trains_one_step_on_the_dpo_and_segments_exports_as_they_are(
+    db: None, tmp_path: Path, cache: Path, tiny_model_dir: Path, chat_tokenizer: PreTrainedTokenizerBase, fmt: str
 ) -> None:
-    # Given the dpo export loaded with datasets, metadata columns and all, and a tiny model
+    # Given the export loaded with datasets, metadata columns and all, and a tiny model (SDPO segments: a
+    # rejected side of several messages, the erroneous reply, the user's reaction and the next reply)
     build_export_study()
-    dataset = load("json", export("dpo", tmp_path)[0], cache)
+    dataset = load("json", export(fmt, tmp_path)[0], cache)
     assert set(PAIR_METADATA) <= set(dataset.column_names)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     before = {name: param.detach().clone() for name, param in model.named_parameters()}

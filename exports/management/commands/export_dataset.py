@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from core.errors import ActionRefused
 from exports.build import export_build, termination_raises
-from exports.selection import FILE_FORMATS, FORMATS, ExportParams
+from exports.selection import AGGREGATES, ARENA_HISTORIES, FILE_FORMATS, FORMATS, SEGMENT_KINDS, ExportParams
 
 
 def _date(value: str) -> dt.date:
@@ -59,6 +59,27 @@ class Command(BaseCommand):
         parser.add_argument("--gamma", type=float, default=0.9, help="multiturn: discount γ (default 0.9)")
         parser.add_argument("--grounding-weight", type=float, default=0.0, help="multiturn: reward per grounding act")
         parser.add_argument("--segment-turns", type=int, default=3, help="segments: longest segment in messages")
+        parser.add_argument(
+            "--segments",
+            choices=SEGMENT_KINDS,
+            default="sdpo",
+            help="segments: sdpo (default; each segment starts at the reply the user reacted to as an error) or "
+            "after-error (the vote pairs at the branch point after that reaction)",
+        )
+        parser.add_argument(
+            "--aggregate",
+            choices=AGGREGATES,
+            default="none",
+            help="dpo/reward: none (default; one row per vote), majority (one row per pair of replies, oriented by "
+            "the most votes) or mean-margin (by the sign of the mean signed strength)",
+        )
+        parser.add_argument(
+            "--arena-history",
+            choices=ARENA_HISTORIES,
+            default="own",
+            help="arena: own (default; each side holds its own model's earlier replies, as Chatbot Arena) or lived "
+            "(both sides the lived history, what the models were given)",
+        )
         parser.add_argument("--licence", default="other", help="Licence written in the dataset card (e.g. cc-by-4.0)")
         parser.add_argument(
             "--split",
