@@ -59,6 +59,12 @@ class Study(models.Model):
         help_text="After “tie” or “both bad”: what the conversation goes on from.",
     )
     overlap = models.PositiveSmallIntegerField(default=1, help_text="Raters per scenario.")
+    arena = models.BooleanField(
+        default=False,
+        help_text="Arena: each message gets one reply from each of two models of the pool (pairs balanced across "
+        "raters, random sides); names a model writes about itself are masked; the models are named to the rater "
+        "once they vote, and the vote is then final. Needs two or more enabled models; K is 2.",
+    )
     language = models.CharField(
         max_length=35,
         default="en",
@@ -222,6 +228,9 @@ class Turn(models.Model):
     client_key = models.UUIDField(null=True, blank=True, unique=True, help_text="Idempotency key of a user POST.")
     attempt = models.PositiveSmallIntegerField(default=0, help_text="How many times a worker claimed it.")
     claimed_by = models.CharField(max_length=200, blank=True)
+    # The reply named its own model or vendor (`ModelConfig.identity_names`): masked on display, and its battle
+    # is left out of the leaderboard by default (a rater who knows the model is no longer blind).
+    identity_leak = models.BooleanField(default=False)
     # What the rater is told while the reply has no text yet (the model is loading), cleared at the first token.
     note = models.CharField(max_length=200, blank=True, default="")
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -321,6 +330,22 @@ class Comparison(models.Model):
 
     def __str__(self) -> str:
         return f"Comparison {self.pk} ({self.choice})"
+
+
+class ArenaPair(models.Model):
+    """How many messages of an arena study each unordered pair of models has answered: the next message goes
+    to a pair with the fewest (`services.arena_pair`), so every pair gets battles whatever the raters do."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="arena_pairs")
+    first = models.ForeignKey("workers.ModelConfig", on_delete=models.CASCADE, related_name="+")
+    second = models.ForeignKey("workers.ModelConfig", on_delete=models.CASCADE, related_name="+")
+    battles = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["study", "first", "second"], name="arena_pair_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.first_id}–{self.second_id}: {self.battles}"
 
 
 class Participant(models.Model):

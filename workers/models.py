@@ -44,6 +44,12 @@ class ModelConfig(models.Model):
     prompt_format = models.CharField(max_length=20, choices=PromptFormat.choices, default=PromptFormat.AUTO)
     system_prompt = models.TextField(blank=True)
     params = models.JSONField(default=dict, blank=True, help_text=f"Overrides of {DEFAULT_PARAMS}")
+    identity_names = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="Names this model may call itself or its maker, comma separated (e.g. Gemma, Google, DeepMind): "
+        "masked in its replies in arena studies, and such a battle is flagged.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
