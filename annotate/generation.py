@@ -20,7 +20,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from annotate import live, selectors, signals
-from annotate.models import Turn
+from annotate.models import Conversation, Turn
 from workers.backends import (
     GenerationError,
     GenerationRequest,
@@ -31,6 +31,7 @@ from workers.backends import (
     model_ready,
     runs_locally,
 )
+from workers.identity import IdentityCheck, identity_check
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def turn_generate(*, turn_id: int, redelivered: bool = False, held_attempt: int 
 
 
 def _generate(turn_id: int, attempt: int, *, redelivered: bool) -> str:
-    turn = Turn.objects.select_related("model_config").get(pk=turn_id)
+    turn = Turn.objects.select_related("model_config", "conversation").get(pk=turn_id)
     # Every write below goes through `mine`: it matches nothing once another attempt claimed the turn.
     mine = Turn.objects.filter(pk=turn_id, attempt=attempt, status=Turn.Status.STREAMING)
     if redelivered and attempt > settings.TURN_MAX_CRASHES:
@@ -110,13 +111,16 @@ def _generate(turn_id: int, attempt: int, *, redelivered: bool) -> str:
             turn_id,
             f"The worker stopped {attempt - 1} times while writing this reply; retry, or tell the researcher.",
         )
+    if turn.conversation.status != Conversation.Status.ACTIVE:  # nobody will read it: sample nothing
+        return _fail(mine, turn_id, RATER_LEFT)
     if turn.model_config is None:
         return _fail(mine, turn_id, "This turn has no model configuration")
     batched = runs_locally(turn.model_config.backend) and settings.GENERATION_BATCH_SIZE > 1
     riders = _riders_claim(turn) if batched else []
     group = [(turn, attempt), *riders]
     held = {t.pk: Turn.objects.filter(pk=t.pk, attempt=a, status=Turn.Status.STREAMING) for t, a in group}
-    writers = [_text_writer(held[t.pk], t.pk, a) for t, a in group]
+    checks = {t.pk: _identity_check(t) for t, _ in group}
+    writers = [_text_writer(held[t.pk], t.pk, a, identity=checks[t.pk]) for t, a in group]
     requests = [_request_for(t) for t, _ in group]
     backend = backend_for(turn.model_config)
     if not model_ready(turn.model_config):  # a load takes up to a minute: the raters see that, not silence
@@ -133,9 +137,15 @@ def _generate(turn_id: int, attempt: int, *, redelivered: bool) -> str:
         error = str(exc) if isinstance(exc, GenerationError) else f"{type(exc).__name__}: {exc}"
         outcomes = [_fail(held[t.pk], t.pk, error) for t, _ in group]
     else:
-        outcomes = [_finish(held[t.pk], t.pk, result) for (t, _), result in zip(group, results, strict=True)]
+        outcomes = [
+            _finish(held[t.pk], t.pk, result, identity=checks[t.pk])
+            for (t, _), result in zip(group, results, strict=True)
+        ]
     return outcomes[0]  # this task's own reply; the riders' outcomes are in their rows
 
+
+# A reply whose conversation ended (completed, abandoned, expired) before it finished.
+RATER_LEFT = "Stopped: the rater left the conversation."
 
 MODEL_LOADING_NOTE = "loading the model (the first reply after a start takes up to a minute)"
 
@@ -158,6 +168,8 @@ def _riders_claim(turn: Turn) -> list[tuple[Turn, int]]:
                 model_config_id=turn.model_config_id,
                 params=turn.params,
                 is_attention_check=False,
+                # Not a left conversation's (a subquery, so only turn rows are locked, not conversations).
+                conversation__in=Conversation.objects.filter(status=Conversation.Status.ACTIVE),
             )
             .exclude(pk=turn.pk)
             .order_by("created_at", "pk")
@@ -199,15 +211,28 @@ def connection_between_writes() -> None:
         connection.close()
 
 
-def _text_writer(mine: QuerySet[Turn], turn_id: int, attempt: int) -> OnText:
+def _identity_check(turn: Turn) -> IdentityCheck | None:
+    """How a reply is checked for its model's own names (`workers.identity`): masked in an arena study, only
+    flagged in others; None when the config lists no names."""
+    config = turn.model_config
+    if config is None or not config.identity_names:
+        return None
+    arena = Conversation.objects.filter(pk=turn.conversation_id).values_list("study__arena", flat=True).first()
+    return identity_check(config.identity_names, mask=bool(arena))
+
+
+def _text_writer(mine: QuerySet[Turn], turn_id: int, attempt: int, *, identity: IdentityCheck | None = None) -> OnText:
     """The backend's `on_text`: store the text so far and the heartbeat that keeps the lease, publish it to
     the rater's stream (annotate.live), stamp the first token once, and say stop when this attempt no longer
     holds the turn. Writes are coalesced: the first token at once, then at most one row write per
     STREAM_WRITE_SECONDS (100 streaming replies cost ~1,000 UPDATEs a second, not one per token); the text
-    in between goes out with the next write, the last with the finish (`_finish`)."""
+    in between goes out with the next write, the last with the finish (`_finish`). With `identity`, the text is
+    written and streamed as it says (masked in arena studies): the rater never sees a model's own name."""
     first_token_written = False
     last_write = 0.0
     held = True
+    # Still one conditional UPDATE per write: it also matches nothing once the rater left the conversation.
+    writes = mine.filter(conversation__status=Conversation.Status.ACTIVE)
 
     def on_text(text: str) -> bool:
         nonlocal first_token_written, last_write, held
@@ -215,13 +240,17 @@ def _text_writer(mine: QuerySet[Turn], turn_id: int, attempt: int) -> OnText:
         if first_token_written and clock - last_write < settings.STREAM_WRITE_SECONDS:
             return held
         now = timezone.now()
+        if identity is not None:
+            text = identity(text)[0]
         fields: dict[str, object] = {"text": text, "heartbeat_at": now}
         if not first_token_written:
             fields["first_token_at"] = now
             fields["note"] = ""  # the model is loaded: the text speaks for itself
             first_token_written = True
         last_write = clock
-        held = mine.update(**fields) == 1
+        held = writes.update(**fields) == 1
+        if not held:  # taken over, or the rater left: only the latter is this attempt's to end
+            _stop_if_left(mine, turn_id)
         connection_between_writes()
         if held:
             live.publish(live.turn_state(id=turn_id, status=Turn.Status.STREAMING, text=text, heartbeat_at=now,
@@ -229,6 +258,14 @@ def _text_writer(mine: QuerySet[Turn], turn_id: int, attempt: int) -> OnText:
         return held
 
     return on_text
+
+
+def _stop_if_left(mine: QuerySet[Turn], turn_id: int) -> None:
+    """Fail a reply this attempt holds whose conversation is over, with the reason: otherwise it would stay
+    STREAMING until the recovery sweep sent it to a worker again, for a rater who is gone."""
+    left = mine.exclude(conversation__status=Conversation.Status.ACTIVE)
+    if left.update(status=Turn.Status.FAILED, error=RATER_LEFT, note="", finished_at=timezone.now()):
+        live.announce([turn_id])
 
 
 def _request_for(turn: Turn) -> GenerationRequest:
@@ -249,15 +286,20 @@ def _fail(mine: QuerySet[Turn], turn_id: int, error: str) -> str:
     return "failed"
 
 
-def _finish(mine: QuerySet[Turn], turn_id: int, result: GenerationResult) -> str:
-    """Store the finished reply if this attempt still holds the turn, and only then announce it."""
+def _finish(
+    mine: QuerySet[Turn], turn_id: int, result: GenerationResult, *, identity: IdentityCheck | None = None
+) -> str:
+    """Store the finished reply if this attempt still holds the turn, and only then announce it; with `identity`,
+    as it says (masked in arena studies), flagged when it names its own model."""
     if result.stopped_early:
         return "superseded"
     if not result.text:
         return _fail(mine, turn_id, "The model returned an empty reply.")
+    text, leaked = identity(result.text) if identity is not None else (result.text, False)
     finished = mine.update(
         status=Turn.Status.DONE,
-        text=result.text,
+        text=text,
+        identity_leak=leaked,
         note="",
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,

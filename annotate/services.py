@@ -25,7 +25,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from annotate import live, selectors, signals
-from annotate.models import Comparison, Conversation, Participant, Scenario, Study, Turn
+from annotate.models import ArenaPair, Comparison, Conversation, Participant, Scenario, Study, Turn
 from core.errors import ActionRefused
 from core.tasks import task_send
 from core.validation import check_storable, check_structure, clean_note, clean_text, parse_json
@@ -76,12 +76,59 @@ def _enqueue(turn_ids: Iterable[int], *, suggest_for: int | None = None) -> None
 
 
 def _pool(study: Study, k: int) -> list[ModelConfig]:
-    """K configs from the study's enabled pool, in random order (distinct where possible)."""
+    """K configs from the study's enabled pool, in random order (distinct where possible); an arena study's
+    next pair (`arena_pair`)."""
+    if study.arena:
+        return arena_pair(study)
     pool = list(study.model_pool.filter(enabled=True))
     if not pool:
         raise ActionRefused("This study has no enabled model configurations; tell the researcher.", status=409)
     random.shuffle(pool)
     return [pool[i % len(pool)] for i in range(k)]
+
+
+ARENA_NEEDS_TWO = "This arena study needs two enabled models in its pool; tell the researcher."
+
+
+def arena_pair(study: Study) -> list[ModelConfig]:
+    """The two models answering an arena study's next message: of the enabled pool's pairs, one that has answered
+    the fewest messages so far (ties drawn at random), its sides in random order.
+
+    Counted per pair in `ArenaPair`, whose rows of the study are locked while one is chosen and counted (inside the
+    caller's transaction): raters sending at once are served one after another, so the counts never differ by more
+    than one whatever the concurrency, and a model added to the pool later catches up first.
+    """
+    pool = {config.pk: config for config in study.model_pool.filter(enabled=True)}
+    if len(pool) < 2:
+        raise ActionRefused(ARENA_NEEDS_TWO, status=409)
+    ids = sorted(pool)
+    ArenaPair.objects.bulk_create(
+        [ArenaPair(study=study, first_id=a, second_id=b) for i, a in enumerate(ids) for b in ids[i + 1 :]],
+        ignore_conflicts=True,
+    )
+    rows = list(
+        ArenaPair.objects.select_for_update()
+        .filter(study=study, first_id__in=ids, second_id__in=ids)
+        .order_by("first_id", "second_id")
+        .values_list("pk", "first_id", "second_id", "battles")
+    )
+    fewest = min(battles for *_, battles in rows)
+    pk, first, second, _ = random.choice([row for row in rows if row[3] == fewest])
+    ArenaPair.objects.filter(pk=pk).update(battles=F("battles") + 1)
+    sides = [pool[first], pool[second]]
+    random.shuffle(sides)
+    return sides
+
+
+def arena_reveal(comparison: Comparison) -> str:
+    """What an arena rater is told once they voted: which model wrote which reply (their vote is final)."""
+    replies = (
+        comparison.parent.children.filter(is_rewrite=False, is_attention_check=False, model_config__isnull=False)
+        .select_related("model_config")
+        .order_by("position")
+    )
+    named = ", ".join(f"Reply {reply.label} was {reply.model_config.name}" for reply in replies if reply.model_config)
+    return f"Revealed: {named}. Your vote is final." if named else ""
 
 
 # --- assignment: who gets which scenario (docs/assignment.md) -------------------------------------
@@ -288,7 +335,7 @@ def _attention_slot(study: Study) -> int | None:
     `study.attention_check_rate`; None for none. Needs two candidates or more: the conversation
     always continues from a real reply."""
     k = study.candidates_per_turn
-    if k < 2 or study.attention_check_rate <= 0 or random.random() >= study.attention_check_rate:
+    if study.arena or k < 2 or study.attention_check_rate <= 0 or random.random() >= study.attention_check_rate:
         return None
     return random.randrange(k)
 

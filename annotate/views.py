@@ -210,7 +210,10 @@ def vote(request: AppRequest, pk: int) -> HttpResponse:
         continue_from_id=parse_int(post.get("continue_from"), name="continue_from"),
         idempotency_key=parse_request_key(post.get("idempotency_key")),
     )
-    return _respond(request, conversation, notice=_tie_notice(comparison))
+    notice = _tie_notice(comparison)
+    if conversation.study.arena:  # the names, now that the vote is in (and final)
+        notice = " ".join(filter(None, [services.arena_reveal(comparison), notice]))
+    return _respond(request, conversation, notice=notice)
 
 
 def _tie_notice(comparison: Comparison) -> str:

@@ -298,3 +298,15 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Model servers (the openai backend, workers.backends.OpenAIBackend) -------------------
+# Seconds to open a connection (and TLS) to a model server; a server that cannot be reached fails fast.
+MODEL_SERVER_CONNECT_TIMEOUT = envfloat("MODEL_SERVER_CONNECT_TIMEOUT", 5.0)
+# Seconds a reply may wait for its first byte and then between two chunks (an idle timeout, not a total).
+MODEL_SERVER_READ_TIMEOUT = envfloat("MODEL_SERVER_READ_TIMEOUT", 60.0)
+# Further tries after a connection error, 429 or 5xx, only while no text of the reply was streamed.
+MODEL_SERVER_RETRIES = envint("MODEL_SERVER_RETRIES", 3)
+# The first wait between tries; it doubles each time, with jitter (0.25-0.5 s, 0.5-1 s, 1-2 s by default).
+MODEL_SERVER_BACKOFF_SECONDS = envfloat("MODEL_SERVER_BACKOFF_SECONDS", 0.5)
+# The longest wait between tries; a server asking (Retry-After) for longer fails the reply at once.
+MODEL_SERVER_MAX_WAIT_SECONDS = envfloat("MODEL_SERVER_MAX_WAIT_SECONDS", 30.0)

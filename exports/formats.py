@@ -445,6 +445,7 @@ def arena_rows(conv: ConversationData, sel: Selection) -> Iterator[Row]:
                     "language": conv.language,
                     "tstamp": vote.created_at.timestamp(),
                     "own_history": own,
+                    "identity_leak": a.identity_leak or b.identity_leak,
                     "study": conv.study,
                     "conversation_id": conv.id,
                     "conversation_uuid": conv.uuid,
@@ -963,6 +964,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("language", pa.string()),
             ("tstamp", pa.float64()),
             ("own_history", pa.bool_()),
+            ("identity_leak", pa.bool_()),
             ("study", pa.string()),
             ("conversation_id", pa.int64()),
             ("conversation_uuid", pa.string()),
@@ -1079,6 +1081,8 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "margin": "Mean signed strength over the votes that judged the pair (+1 clear, +0.5 slight for the chosen side, "
     "0 tie, negative for the rejected side), in [-1, 1].",
     "comparison_ids": "Ids of every kept vote that judged this pair of replies.",
+    "identity_leak": "A reply named its own model or maker (`ModelConfig.identity_names`): the battle is not blind; "
+    "the leaderboard leaves such battles out by default.",
     "own_history": "Each side holds only its own model's earlier replies (`--arena-history own`: always true).",
     "scenario": "Scenario external id.",
     "turn_index": "1-based number of the user turn (the branch point).",

@@ -53,7 +53,7 @@ DETAIL_FORMATS = frozenset({"tree"})
 # the details.
 _TURN_COLUMNS = (
     "id", "parent_id", "role", "position", "text", "status", "model_config_id", "system_prompt", "is_rewrite",
-    "uuid",
+    "uuid", "identity_leak",
 )  # fmt: skip
 _TURN_DETAILS = (
     "depth", "error", "params", "seed", "rewrite_of_id", "prompt_tokens", "completion_tokens", "created_at",
@@ -179,6 +179,7 @@ class TurnRow:
     system_prompt: str
     is_rewrite: bool
     uuid: str
+    identity_leak: bool  # the reply named its own model (arena battles with one are flagged)
     depth: int | None = None
     error: str | None = None
     params: dict[str, Any] | None = None
@@ -517,7 +518,7 @@ class Selection:
         model_names = self.model_names
         conv_turns: dict[int, TurnRow] = {}
         conv_id = None
-        for cid, tid, parent, role, position, text, status, model_id, system, rewrite, tuuid, *details in _rows(
+        for cid, tid, parent, role, position, text, status, model_id, system, rewrite, tuuid, leak, *details in _rows(
             turns.values_list(*columns)
         ):
             if cid != conv_id:
@@ -525,7 +526,9 @@ class Selection:
             # A rewrite keeps its base reply's model config in the database, but its text is the
             # rater's: attributed to a model it would pass `--model` filters as that model's output.
             model = None if rewrite else model_names.get(model_id)
-            turn = TurnRow(tid, parent, role, position, text, status, model, system, rewrite, str(tuuid), *details)
+            turn = TurnRow(
+                tid, parent, role, position, text, status, model, system, rewrite, str(tuuid), leak, *details
+            )
             conv_turns[tid] = turn
             parent_turn = conv_turns.get(parent)
             if parent_turn is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from labeling import services
+from labeling.leaderboard_data import leaderboard_refresh
 from labeling.suggestions import suggest_for_turn
 
 
@@ -26,3 +27,13 @@ def dashboard_refresh_task(study_id: int, include_excluded: bool) -> bool:
     """Compute a study's dashboard figures and store them (`services.dashboard_refresh`); sent by
     `services.dashboard_refresh_request`, routed to the `suggestions` queue. False if the study is gone."""
     return services.dashboard_refresh(study_id=study_id, include_excluded=include_excluded) is not None
+
+
+@shared_task(name="labeling.tasks.leaderboard_refresh_task")
+def leaderboard_refresh_task(study_id: int, include_excluded: bool, include_flagged: bool) -> bool:
+    """Compute a study's arena leaderboard and cache it (`leaderboard_data.leaderboard_refresh`); sent by
+    `leaderboard_data.leaderboard_refresh_request` to the `suggestions` queue. False if the study is gone."""
+    refreshed = leaderboard_refresh(
+        study_id=study_id, include_excluded=include_excluded, include_flagged=include_flagged
+    )
+    return refreshed is not None

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from labeling.views import dashboard, qualify, review, tags
+from labeling.views import dashboard, leaderboard, qualify, review, tags
 
 app_name = "labeling"
 urlpatterns = [
@@ -18,4 +18,8 @@ urlpatterns = [
     path("studies/<slug:slug>/dashboard/", dashboard.study_dashboard, name="dashboard"),
     path("studies/<slug:slug>/dashboard/refresh/", dashboard.dashboard_refresh, name="dashboard_refresh"),
     path("studies/<slug:slug>/qualify/", qualify.qualify, name="qualify"),
+]
+urlpatterns += [
+    path("studies/<slug:slug>/leaderboard/", leaderboard.leaderboard, name="leaderboard"),
+    path("studies/<slug:slug>/leaderboard/refresh/", leaderboard.leaderboard_refresh, name="leaderboard_refresh"),
 ]

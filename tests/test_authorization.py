@@ -156,6 +156,16 @@ TABLE: dict[str, Row] = {
         method="post",
         perms=("annotate.view_study_dashboard",),
     ),  # fmt: skip
+    # the arena leaderboard: the dashboard's permission (figures computed on the request: the world is small)
+    "labeling:leaderboard": Row(
+        "/studies/{study_slug}/leaderboard/", researchers(200), perms=("annotate.view_study_dashboard",)
+    ),
+    "labeling:leaderboard_refresh": Row(
+        "/studies/{study_slug}/leaderboard/refresh/",
+        researchers(302),
+        method="post",
+        perms=("annotate.view_study_dashboard",),
+    ),  # fmt: skip
     # the qualification page: any logged-in user (the study has no qualification items: it says so)
     "labeling:qualify": Row("/studies/{study_slug}/qualify/", anyone(200)),
     # --- the admin site
@@ -197,6 +207,13 @@ TABLE: dict[str, Row] = {
         admin_only(200),
         perms=("exports.view_datasetexport",),
     ),  # fmt: skip
+    # model operations: the health page reads (view), the test prompt may reach the configured server (change)
+    "admin:workers_modelconfig_health": Row(
+        "/admin/workers/modelconfig/health/", admin_only(200), perms=("workers.view_modelconfig",)
+    ),
+    "admin:workers_modelconfig_test_prompt": Row(
+        "/admin/workers/modelconfig/{config}/test-prompt/", admin_only(200), perms=("workers.change_modelconfig",)
+    ),
     "admin:auth_user_password_change": Row(
         "/admin/auth/user/{participant}/password/", admin_only(200), perms=("auth.change_user",)
     ),

@@ -22,12 +22,16 @@ Generation stops at the next ``\\nUser:`` (the model starting to write the user'
 
 from __future__ import annotations
 
+import email.utils
 import fcntl
+import functools
 import hashlib
+import http.client
 import importlib
 import json
 import logging
 import os
+import random
 import shutil
 import time
 import urllib.error
@@ -374,15 +378,112 @@ def generation_queue(backend: str) -> str:
 
 # --- OpenAI-compatible servers ------------------------------------------------------------
 
+# Worth another try, if no text reached the rater yet: the server is busy (429) or failing for now (5xx).
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class _TimedHTTPConnection(http.client.HTTPConnection):
+    """Connects within `timeout` (the connect timeout), then waits at most `read_timeout` for each read: the
+    answer's first bytes and every chunk after (an idle timeout, not a cap on the whole reply)."""
+
+    def __init__(self, *args: Any, read_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read_timeout = read_timeout
+
+    def connect(self) -> None:
+        super().connect()
+        if self.sock is not None:
+            self.sock.settimeout(self.read_timeout)
+
+
+class _TimedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, read_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read_timeout = read_timeout
+
+    def connect(self) -> None:
+        super().connect()  # TCP and the TLS handshake, within the connect timeout
+        if self.sock is not None:
+            self.sock.settimeout(self.read_timeout)
+
+
+def _opener(read_timeout: float) -> urllib.request.OpenerDirector:
+    """urllib (proxies, redirects, HTTPError as before) over connections with a separate read timeout."""
+
+    class TimedHTTP(urllib.request.HTTPHandler):
+        def http_open(self, req: Any) -> Any:
+            return self.do_open(functools.partial(_TimedHTTPConnection, read_timeout=read_timeout), req)
+
+    class TimedHTTPS(urllib.request.HTTPSHandler):
+        def https_open(self, req: Any) -> Any:
+            return self.do_open(functools.partial(_TimedHTTPSConnection, read_timeout=read_timeout), req)
+
+    return urllib.request.build_opener(TimedHTTP(), TimedHTTPS())
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds a `Retry-After` header asks for (a number or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _Retry(Exception):
+    """This try failed before any text reached the rater, in a way worth another try."""
+
+    def __init__(self, message: str, wait: float | None = None) -> None:
+        super().__init__(message)
+        self.wait = wait  # what the server asked for (Retry-After), if it did
+
+
+class _StreamError(Exception):
+    """An error event inside an SSE stream (`data: {"error": ...}`)."""
+
 
 class OpenAIBackend:
-    def __init__(self, base_url: str, model: str, api_key_env: str = "", timeout: float = 120.0) -> None:
+    """An OpenAI-compatible `/chat/completions` server, streamed over SSE.
+
+    Timeouts: `connect_timeout` to open the connection, `read_timeout` for the answer to start and between
+    two chunks. Connection errors, 429 and 5xx are tried again (`retries` times, waiting `backoff` × 2^n
+    with jitter, or the server's `Retry-After`) only while no text has reached the rater: after that a retry
+    would show the text twice, so the reply fails. When `on_text` says stop (the rater left, another worker
+    took the turn) the connection is closed at once, which tells the server to stop generating."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "",
+        *,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        retries: int | None = None,
+        backoff: float | None = None,
+        max_wait: float | None = None,
+        timeout: float | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
-        self.timeout = timeout
+        # `timeout` (one value for both) is what callers passed before the two were separate.
+        connect_timeout = timeout if connect_timeout is None else connect_timeout
+        read_timeout = timeout if read_timeout is None else read_timeout
+        self.connect_timeout = settings.MODEL_SERVER_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout
+        self.read_timeout = settings.MODEL_SERVER_READ_TIMEOUT if read_timeout is None else read_timeout
+        self.retries = settings.MODEL_SERVER_RETRIES if retries is None else retries
+        self.backoff = settings.MODEL_SERVER_BACKOFF_SECONDS if backoff is None else backoff
+        self.max_wait = settings.MODEL_SERVER_MAX_WAIT_SECONDS if max_wait is None else max_wait
 
-    def generate(self, request: GenerationRequest, on_text: OnText) -> GenerationResult:
+    def _http_request(self, request: GenerationRequest) -> urllib.request.Request:
         params = generation_params(request.params)
         messages = list(request.messages)
         if request.system_prompt:
@@ -405,33 +506,95 @@ class OpenAIBackend:
             raise GenerationError(refusal)
         if self.api_key_env and os.environ.get(self.api_key_env):
             headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
-        http_request = urllib.request.Request(
+        return urllib.request.Request(
             f"{self.base_url}/chat/completions", data=json.dumps(body).encode(), headers=headers, method="POST"
         )
-        text, chunks, usage = "", 0, None
+
+    def generate(self, request: GenerationRequest, on_text: OnText) -> GenerationResult:
+        http_request = self._http_request(request)
+        opener = _opener(self.read_timeout)
+        for attempt in range(self.retries + 1):
+            try:
+                return self._stream(opener, http_request, on_text)
+            except _Retry as exc:
+                if attempt == self.retries:
+                    raise GenerationError(
+                        f"{exc} (gave up after {attempt + 1} tries; check that the server at {self.base_url} "
+                        "is up and not overloaded, then retry the reply)"
+                    ) from exc
+                if exc.wait is not None and exc.wait > self.max_wait:
+                    raise GenerationError(
+                        f"{exc}; it asked to wait {exc.wait:.0f} s, longer than MODEL_SERVER_MAX_WAIT_SECONDS "
+                        f"({self.max_wait:g} s): retry the reply later"
+                    ) from exc
+                wait = self._wait(attempt, exc.wait)
+                log.warning("Model server %s: %s; trying again in %.1f s", self.base_url, exc, wait)
+                time.sleep(wait)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _wait(self, attempt: int, asked: float | None) -> float:
+        """What the server asked for (`Retry-After`), else exponential backoff with jitter: half fixed, half
+        random, so workers turned away together do not come back together; never over `max_wait`."""
+        if asked is not None:
+            return asked
+        step = min(self.max_wait, self.backoff * 2**attempt)
+        return step / 2 + random.uniform(0, step / 2)
+
+    def _stream(
+        self, opener: urllib.request.OpenerDirector, http_request: urllib.request.Request, on_text: OnText
+    ) -> GenerationResult:
+        """One try. Raises _Retry for a failure before any text reached the rater, GenerationError otherwise."""
+        text, chunks, usage, complete = "", 0, None, False
         try:
-            with urllib.request.urlopen(http_request, timeout=self.timeout) as response:
+            with opener.open(http_request, timeout=self.connect_timeout) as response:
                 for raw_line in response:
                     line = raw_line.decode("utf-8").strip()
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        complete = True
                         break
                     event = json.loads(data)
+                    if event.get("error"):  # some servers report a failure inside the stream
+                        raise _StreamError(event["error"])
                     usage = event.get("usage") or usage
                     for choice in event.get("choices", []):
+                        complete = complete or bool(choice.get("finish_reason"))
                         piece = (choice.get("delta") or {}).get("content") or ""
                         if piece:
                             text += piece
                             chunks += 1
                             if not on_text(text):
+                                # Leaving the `with` closes the connection: the server sees it and stops.
                                 return GenerationResult(text=text.strip(), stopped_early=True)
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:300]
-            raise GenerationError(f"Model server answered {exc.code}: {detail}") from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            raise GenerationError(f"Model server unreachable at {self.base_url}: {exc}") from exc
+            message = f"Model server answered {exc.code}: {detail} ({self.base_url})"
+            if exc.code in RETRY_STATUSES:
+                raise _Retry(message, _retry_after(exc.headers.get("Retry-After"))) from exc
+            raise GenerationError(f"{message}; check the model config (URL, model name, API key)") from exc
+        except urllib.error.URLError as exc:  # the connection was never made (refused, no route, connect timeout)
+            raise _Retry(f"Model server unreachable at {self.base_url}: {exc.reason}") from exc
+        except TimeoutError as exc:
+            where = "between two chunks of the reply" if text else "before the reply started"
+            raise GenerationError(
+                f"Model server at {self.base_url} sent nothing for {self.read_timeout:g} s {where} "
+                "(MODEL_SERVER_READ_TIMEOUT); it may be overloaded: retry the reply, or raise the timeout"
+            ) from exc
+        except (ConnectionError, http.client.HTTPException, _StreamError) as exc:
+            what = "reported an error" if isinstance(exc, _StreamError) else "dropped the connection"
+            message = f"Model server at {self.base_url} {what}: {type(exc).__name__}: {exc}"
+            if text:  # the rater has seen part of the reply: a second try would show it twice
+                raise GenerationError(f"{message} after part of the reply was streamed; retry the reply") from exc
+            raise _Retry(message) from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise GenerationError(f"Model server at {self.base_url} sent a malformed stream: {exc}") from exc
+        if not complete:  # the stream ended without `[DONE]` or a finish reason: the reply was cut off
+            message = f"Model server at {self.base_url} ended the stream before the reply was complete"
+            if text:
+                raise GenerationError(f"{message}, after part of it was streamed; retry the reply")
+            raise _Retry(message)
         return GenerationResult(
             text=text.strip(),
             prompt_tokens=(usage or {}).get("prompt_tokens"),

@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 from django.db import models
 
 from workers.apikeys import api_key_env_refusal
 from workers.params import DEFAULT_PARAMS, PARAM_NAMES, generation_params
+
+# The API root's path must name a version ("/v1", "/api/v1", "/openai/v1", "/v1beta/openai"): a bare
+# "http://host:8000" is the commonest mistake, and every request to it would 404 in the worker.
+_VERSION_SEGMENT = re.compile(r"v\d+[a-z0-9]*", re.IGNORECASE)
+_ENDPOINT_SUFFIXES = ("/chat/completions", "/completions", "/models", "/responses", "/embeddings")
+
+
+def base_url_refusal(url: str) -> str | None:
+    """Why `url` is not an OpenAI-compatible API root, or None. The worker appends /chat/completions to it, so
+    it must be http(s) with a host, carry no credentials (keys live in environment variables), no query or
+    fragment, and end at the API root (a version segment in the path, not an endpoint)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        return f"Not a URL: {exc}."
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "The base URL must be http:// or https:// with a host, e.g. http://host:8000/v1."
+    if parts.username or parts.password:
+        return "Put no credentials in the base URL: name the variable holding the API key in 'API key env'."
+    if parts.query or parts.fragment:
+        return "The base URL must have no query (?…) or fragment (#…): it is the API root, e.g. http://host:8000/v1."
+    path = parts.path.rstrip("/")
+    endpoint = next((suffix for suffix in _ENDPOINT_SUFFIXES if path.endswith(suffix)), None)
+    if endpoint:
+        return f"That is an endpoint, not the API root: leave out {endpoint!r} (the worker adds it), e.g. …/v1."
+    if not any(_VERSION_SEGMENT.fullmatch(segment) for segment in path.split("/")):
+        return "The base URL must be the API root, with its version in the path: e.g. http://host:8000/v1."
+    return None
 
 
 class ModelConfig(models.Model):
@@ -65,6 +96,10 @@ class ModelConfig(models.Model):
             raise ValidationError({"params": f"Unknown parameters: {', '.join(sorted(unknown))}"})
         if self.backend == self.Backend.OPENAI and not self.base_url:
             raise ValidationError({"base_url": "An OpenAI-compatible config needs a base URL."})
+        if self.base_url:
+            refusal = base_url_refusal(self.base_url)
+            if refusal:
+                raise ValidationError({"base_url": refusal})
         if self.backend == self.Backend.TRANSFORMERS and not self.model_path:
             raise ValidationError({"model_path": "A transformers config needs a model path."})
         refusal = api_key_env_refusal(self.api_key_env)

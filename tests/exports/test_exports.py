@@ -357,7 +357,7 @@ def test_segments_cut_continuations_to_equal_length():
     from exports.selection import ConversationData, TurnRow
 
     def t(i: int, parent: int | None, role: str) -> TurnRow:
-        return TurnRow(i, parent, role, 0, f"t{i}", "done", "m", "", False, f"uuid-{i}")
+        return TurnRow(i, parent, role, 0, f"t{i}", "done", "m", "", False, f"uuid-{i}", False)
 
     conv = ConversationData(1, "uuid-c", "s", "en", {}, "r", "r", "completed", 5, "", None, "", T0, None)
     for turn in (t(1, None, "user"), t(2, 1, "assistant"), t(3, 1, "assistant"), t(4, 2, "user"), t(5, 4, "assistant")):
@@ -715,3 +715,11 @@ def test_the_card_says_what_a_non_default_row_option_means(story, tmp_path, fmt,
     assert says in (out / "README.md").read_text()
     _, plain = export(tmp_path, "plain", format=fmt)
     assert says not in (plain / "README.md").read_text()
+
+
+def test_an_arena_battle_whose_reply_named_its_model_is_flagged(story, tmp_path):
+    from annotate.models import Turn
+
+    Turn.objects.filter(pk=story["a1A"].pk).update(identity_leak=True)
+    rows, _ = export(tmp_path, format="arena")
+    assert [r["identity_leak"] for r in rows] == [True, True, False, False, False, False]

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from django.core.exceptions import ValidationError
 from annotate import services as annotate_services
 from annotate.generation import turn_generate
 from annotate.models import Turn
+from tests.workers.stubs import Recorder, ThreadedServer
 from workers import backends
 from workers.backends import (
     PLAIN_STOPS,
@@ -34,18 +34,6 @@ CONVERSATION = [
     {"role": "assistant", "content": "  Sure: what breed is it?  "},
     {"role": "user", "content": "A beagle.\n"},
 ]
-
-
-class Recorder:
-    """An on_text callback that keeps every text it was given (and may ask to stop)."""
-
-    def __init__(self, stop_after: int | None = None) -> None:
-        self.texts: list[str] = []
-        self.stop_after = stop_after
-
-    def __call__(self, text: str) -> bool:
-        self.texts.append(text)
-        return self.stop_after is None or len(self.texts) < self.stop_after
 
 
 def assert_growing(texts: list[str]) -> None:
@@ -192,7 +180,7 @@ def test_gemma_plain_prompt_answers_once_and_reproducibly():
 # --- OpenAI-compatible servers --------------------------------------------------------------
 
 
-class StubServer:
+class StubServer(ThreadedServer):
     """A local OpenAI-compatible /chat/completions endpoint that streams a canned answer."""
 
     def __init__(self) -> None:
@@ -229,15 +217,7 @@ class StubServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.serve(Handler)
 
 
 @pytest.fixture
@@ -311,7 +291,8 @@ def test_openai_backend_without_usage_counts_chunks_and_may_stop_early(stub_serv
     assert (stopped.text, stopped.stopped_early) == ("Sure, what", True)
 
 
-def test_openai_backend_server_error_is_a_generation_error(stub_server):
+def test_openai_backend_server_error_is_a_generation_error(stub_server, settings):
+    settings.MODEL_SERVER_BACKOFF_SECONDS = 0.01  # a 500 is retried before it is given up: no need to wait here
     stub_server.status = 500
     with pytest.raises(GenerationError) as failure:
         OpenAIBackend(stub_server.base_url, "stub-model").generate(openai_request(), Recorder())
