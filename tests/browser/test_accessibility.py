@@ -24,6 +24,7 @@ from labeling import services as labeling
 from labeling.models import GoldItem
 from labeling.selectors import labels_for
 from tests.helpers import PASSWORD, choose, finish_candidates, finished_conversation, log_in
+from workers.models import ModelConfig
 
 pytestmark = [pytest.mark.browser]
 
@@ -252,6 +253,42 @@ def refused_page(setup: Setup) -> None:
     setup.page.wait_for_selector("p.error")
 
 
+def _arena_votes(setup: Setup) -> Study:
+    """An arena study of three models with a dozen voted messages from four raters (battles for every pair)."""
+    configs = [ModelConfig.objects.create(name=f"arena-a11y-{i}", model_path="/m") for i in range(3)]
+    study = setup.make_study(configs=configs, arena=True, scenarios=5)  # one left for a rater of the page
+    for n in range(4):
+        conversation = services.conversation_start(study=study, rater=setup.make_user())
+        for m in range(3):
+            turn = services.message_send(conversation=conversation, text=f"Question {n}.{m}")
+            a, b = finish_candidates(turn, ("One answer.", "Another answer."))
+            choose(conversation, turn.pk, choice="candidate", chosen_id=(a if (n + m) % 3 else b).pk)
+    return study
+
+
+def leaderboard_page(setup: Setup) -> None:
+    study = _arena_votes(setup)
+    researcher = setup.make_user(password=PASSWORD, is_staff=True, is_superuser=True)
+    log_in(setup.page, setup.base_url, researcher.username)
+    setup.page.goto(f"{setup.base_url}/studies/{study.slug}/leaderboard/")
+    setup.page.wait_for_selector("#ratings-table")
+
+
+def arena_after_vote(setup: Setup) -> None:
+    """An arena session right after the vote: the names revealed in the notice and on the lived path."""
+    study = _arena_votes(setup)
+    rater = setup.make_user(password=PASSWORD)
+    conversation = services.conversation_start(study=study, rater=rater)
+    turn = services.message_send(conversation=conversation, text="Which of you plans parties best?")
+    finish_candidates(turn)
+    log_in(setup.page, setup.base_url, rater.username)
+    setup.page.goto(f"{setup.base_url}/c/{conversation.pk}/")
+    setup.page.wait_for_selector("#vote-form .candidate")
+    setup.page.keyboard.press("1")
+    setup.page.keyboard.press("Enter")
+    setup.page.wait_for_selector("#notice")
+
+
 def gold(study: Study, kind: str, n: int = 1) -> GoldItem:
     item = GoldItem.objects.create(
         study=study, kind=kind, context=f"Plan a party {n}", reply=f"What kind of party? {n}", order=n,
@@ -278,6 +315,8 @@ PAGES: dict[str, Callable[[Setup], None]] = {
     "panel-message": panel_message,
     "forbidden-403": forbidden_page,
     "refused-error-page": refused_page,
+    "leaderboard": leaderboard_page,
+    "arena-after-vote": arena_after_vote,
 }
 
 
