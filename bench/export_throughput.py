@@ -241,9 +241,9 @@ FROM generate_series(%(lo)s, %(hi)s - 1) AS i, (SELECT 4 AS k) AS last
 
 TURNS_SQL = f"""
 INSERT INTO annotate_turn (id, uuid, conversation_id, parent_id, role, depth, position, text, status, error,
-    model_config_id, params, system_prompt, seed, is_rewrite, is_attention_check, note, client_key, attempt,
-    claimed_by, prompt_tokens, completion_tokens, created_at, started_at, first_token_at, heartbeat_at, finished_at,
-    rewrite_of_id)
+    model_config_id, params, system_prompt, seed, is_rewrite, is_attention_check, identity_leak, note, client_key,
+    attempt, claimed_by, prompt_tokens, completion_tokens, created_at, started_at, first_token_at, heartbeat_at,
+    finished_at, rewrite_of_id)
 SELECT {USER_TURN} + j, md5('turn ' || ({USER_TURN} + j))::uuid, %(conv0)s + i,
     CASE WHEN j > 0 THEN {USER_TURN} WHEN k > 0 THEN {PREV_CONTINUED} END,
     CASE WHEN j = 0 THEN 'user' ELSE 'assistant' END,
@@ -260,7 +260,7 @@ SELECT {USER_TURN} + j, md5('turn ' || ({USER_TURN} + j))::uuid, %(conv0)s + i,
     CASE WHEN j = 0 THEN '{{}}'::jsonb ELSE %(params)s::jsonb END,
     CASE WHEN j = 0 THEN '' ELSE %(system)s END,
     CASE WHEN j > 0 THEN h END,
-    false, false, '', NULL, least(j, 1), CASE WHEN j = 0 THEN '' ELSE 'worker-1' END,
+    false, false, false, '', NULL, least(j, 1), CASE WHEN j = 0 THEN '' ELSE 'worker-1' END,
     CASE WHEN j > 0 THEN 120 + 70 * k END, CASE WHEN j > 0 THEN 40 + mod(h, 50) END,
     {TURN_AT} + j * interval '1 millisecond',
     CASE WHEN j > 0 THEN {TURN_AT} + interval '20 milliseconds' END,

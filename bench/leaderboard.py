@@ -14,8 +14,15 @@ inside their 95% intervals.
 
 Target (issue 14): 1M battles with 1,000 bootstrap rounds in under 60 s on 2 CPUs, memory flat.
 
+`--database` times the whole page computation instead (`labeling.leaderboard_data.leaderboard_compute`: the
+battle and tag queries on PostgreSQL, then the maths) on the studies `bench/export_throughput.py` generates
+(export-bench-<size>: two models, one battle per vote), against the baseline of the same run: PostgreSQL's time
+to count those votes (`SELECT count(*)`).
+
     .venv/bin/python bench/leaderboard.py                      # 10k, 100k, 1M battles, 1,000 rounds
     .venv/bin/python bench/leaderboard.py --sizes 1000000 --rounds 200
+    .venv/bin/python bench/export_throughput.py --formats arena   # makes the studies (and times the arena export)
+    .venv/bin/python bench/leaderboard.py --database           # then the leaderboard from those studies
 """
 
 from __future__ import annotations
@@ -96,16 +103,77 @@ def one(size: int, rounds: int, seed: int) -> dict[str, float]:
     }
 
 
+DATABASE_URL = "postgres://postgres@127.0.0.1:5432/cg_bench_export"  # bench/export_throughput.py's
+
+
+def one_database(size: int, rounds: int) -> dict[str, float]:
+    """The leaderboard page's computation on the export bench's study of `size` comparisons, in this process."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("SECRET_KEY", "bench-only-key-never-used-in-production-leaderboard-7d1e")  # as common.py
+    import django
+
+    django.setup()
+    from django.db import connection
+
+    from annotate.models import Comparison, Study
+    from labeling.leaderboard_data import leaderboard_compute
+
+    study = Study.objects.get(slug=f"export-bench-{size}")
+    t0 = time.perf_counter()
+    votes = Comparison.objects.filter(conversation__study=study).count()
+    baseline = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    data = leaderboard_compute(study=study, rounds=rounds)
+    total = time.perf_counter() - t0
+    connection.close()
+    return {
+        "votes": votes,
+        "battles": sum(row["battles"] for row in data["pairs"]) if data.get("pairs") else votes,
+        "count_s": baseline,
+        "compute_s": total,
+        "ratio": total / max(baseline, 1e-9),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main_database(sizes: list[int], rounds: int, database_url: str) -> int:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": database_url}
+    print(f"leaderboard from the database ({database_url}), {rounds} bootstrap rounds")
+    print("| votes | count(*) (s) | leaderboard_compute (s) | ratio | peak RSS (MB) |")
+    print("|---|---|---|---|---|")
+    for size in sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "--one-database", str(size), "--rounds", str(rounds)],
+            env=env, check=True, capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(
+            f"| {r['votes']:,} | {r['count_s']:.2f} | {r['compute_s']:.2f} | {r['ratio']:.0f}× "
+            f"| {r['peak_rss_mb']:.0f} |"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--rounds", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--database", action="store_true", help="time the page's computation on the export bench's studies"
+    )
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_EXPORT_DATABASE_URL", DATABASE_URL))
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child: time this size, print JSON
+    parser.add_argument("--one-database", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one is not None:
         print(json.dumps(one(args.one, args.rounds, args.seed)))
         return 0
+    if args.one_database is not None:
+        print(json.dumps(one_database(args.one_database, args.rounds)))
+        return 0
+    if args.database:
+        return main_database(args.sizes, args.rounds, args.database_url)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     print(
         f"{MODELS} models, true ratings {true_ratings()[0]:.0f}…{true_ratings()[-1]:.0f},",
