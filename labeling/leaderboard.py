@@ -150,6 +150,67 @@ def bt_bootstrap(
     return lower, upper
 
 
+def cluster_counts(
+    data: Aggregated,
+    model_a: np.ndarray,
+    model_b: np.ndarray,
+    outcome: np.ndarray,
+    weight: np.ndarray,
+    cluster: np.ndarray,
+) -> np.ndarray:
+    """The counts of `data` split by cluster (a rater): (C, P, 3), C the number of distinct `cluster` values, P and
+    the columns as `data.counts` (which they sum to). The rows are the same battles `data` was aggregated from."""
+    a, b, o, w = (np.asarray(x, dtype=np.int64) for x in (model_a, model_b, outcome, weight))
+    _, which = np.unique(np.asarray(cluster, dtype=np.int64), return_inverse=True)
+    swap = a > b
+    i, j = np.where(swap, b, a), np.where(swap, a, b)
+    column = np.where(o >= TIE, 2, np.where((o == A_WINS) != swap, 0, 1))
+    lookup = np.full(data.n_models * data.n_models, -1, dtype=np.int64)
+    lookup[data.pairs[:, 0] * data.n_models + data.pairs[:, 1]] = np.arange(len(data.pairs))
+    out = np.zeros((int(which.max()) + 1 if len(which) else 0, len(data.pairs), 3), dtype=np.int64)
+    np.add.at(out, (which, lookup[i * data.n_models + j], column), w)
+    return out
+
+
+def bt_bootstrap_clustered(
+    data: Aggregated,
+    clusters: np.ndarray,
+    *,
+    rounds: int = 1000,
+    seed: int = 0,
+    anchor: int | None = None,
+    level: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`bt_bootstrap` resampling whole raters instead of single battles: each round draws the C raters of
+    `clusters` (`cluster_counts`) with replacement and refits on the sum of their counts.
+
+    A rater's votes are not independent (their taste, their scenarios); when a few raters cast most of the votes,
+    the battle bootstrap's intervals are too narrow and these are the honest ones. NaN for every model with fewer
+    than two raters (nothing to resample), and for a model in the rounds where no drawn rater judged it.
+    """
+    present = _present(data)
+    lower, upper = np.full(data.n_models, np.nan), np.full(data.n_models, np.nan)
+    if rounds <= 0 or len(clusters) < 2 or present.sum() < 2:
+        return lower, upper
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(clusters), np.full(len(clusters), 1 / len(clusters)), size=rounds)
+    design = _design(data.pairs, data.n_models)
+    samples = np.full((rounds, data.n_models), np.nan)
+    for r in range(rounds):
+        counts = np.tensordot(draws[r], clusters, axes=1)
+        here = _present(Aggregated(pairs=data.pairs, counts=counts, n_models=data.n_models))
+        if here.sum() < 2:
+            continue
+        fitted = _fit(design, counts.astype(float), here, anchor if anchor is None or here[anchor] else None)
+        samples[r, here] = fitted[here]
+    tail = (1 - level) / 2 * 100
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a model no drawn rater judged in any round: NaN
+        lower[present] = np.nanpercentile(samples[:, present], tail, axis=0)
+        upper[present] = np.nanpercentile(samples[:, present], 100 - tail, axis=0)
+    return lower, upper
+
+
 @dataclass(frozen=True)
 class Rating:
     model: int

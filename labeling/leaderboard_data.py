@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -33,7 +34,7 @@ from labeling import leaderboard as lb
 from labeling.models import Label, ReviewAssignment, Tag
 from workers.models import ModelConfig
 
-VERSION = 1  # a cached result of another version is not read
+VERSION = 2  # a cached result of another version is not read (2: intervals resampling raters)
 ROUNDS = 1000
 SEED = 0
 DEPTH_TAIL = 6  # user turns from this one on share one bucket ("6+")
@@ -52,6 +53,7 @@ SELECT a.model_config_id, b.model_config_id,
        CASE WHEN a.identity_leak OR b.identity_leak THEN 1 ELSE 0 END,
        CASE WHEN c.task = %(review)s THEN 1 ELSE 0 END,
        u.depth,
+       c.rater_id,
        COUNT(*)
 FROM {comparison} c
 JOIN {conversation} v ON v.id = c.conversation_id
@@ -67,7 +69,7 @@ WHERE v.study_id = %(study)s
   AND (c.attention_passed IS NULL OR c.attention_passed = %(yes)s)
   AND (c.choice IN (%(tie)s, %(all_bad)s) OR c.chosen_id = a.id OR c.chosen_id = b.id)
   {excluded}
-GROUP BY 1, 2, 3, 4, 5, 6
+GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
 
 _EXCLUDED_SQL = """
@@ -77,8 +79,9 @@ _EXCLUDED_SQL = """
 
 
 def battle_rows(study: Study, *, include_excluded: bool = False) -> np.ndarray:
-    """The study's battles counted by (model a, model b, outcome, flagged, review vote, user-turn depth): an (n, 7)
-    integer array, the last column the count. Model a is the candidate in the lower slot; the outcome is
+    """The study's battles counted by (model a, model b, outcome, flagged, review vote, user-turn depth, rater): an
+    (n, 8) integer array, the last column the count (`COUNT`). Model a is the candidate in the lower slot; the
+    outcome is
     `leaderboard.A_WINS`, `B_WINS`, `TIE` or `BOTH_BAD`."""
     tables = {
         "comparison": Comparison._meta.db_table,
@@ -100,7 +103,7 @@ def battle_rows(study: Study, *, include_excluded: bool = False) -> np.ndarray:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    return np.array(rows, dtype=np.int64).reshape(len(rows), 7)
+    return np.array(rows, dtype=np.int64).reshape(len(rows), 8)
 
 
 # --- grounding acts and feedback signals ----------------------------------------------------------
@@ -233,6 +236,15 @@ def _rates(counts: dict[str, Any], names: dict[int, str], labels: dict[int, tupl
     return rows
 
 
+# Columns of `battle_rows`.
+RATER, COUNT = 6, 7
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: None for "not measured"."""
+    return None if math.isnan(value) else float(value)
+
+
 def depth_bucket(depth: int) -> int:
     """The user-turn number (1 for the first message: user turns sit at even depths), the tail in one bucket."""
     return min(depth // 2 + 1, DEPTH_TAIL)
@@ -242,7 +254,7 @@ def _depth_rows(battles: np.ndarray, index: dict[int, int], names: list[str]) ->
     """Each model's win rate (wins + ties/2 over battles, Wilson 95%) by the user-turn number of the battle."""
     score: dict[tuple[int, int], float] = defaultdict(float)
     played: dict[tuple[int, int], int] = defaultdict(int)
-    for a, b, outcome, _, _, depth, n in battles.tolist():
+    for a, b, outcome, _, _, depth, _, n in battles.tolist():
         bucket = depth_bucket(depth)
         half = 0.5 * n if outcome >= lb.TIE else 0.0
         for model, won in ((a, outcome == lb.A_WINS), (b, outcome == lb.B_WINS)):
@@ -284,14 +296,14 @@ def leaderboard_compute(
     config_names = dict(ModelConfig.objects.filter(pk__in=set(model_ids) | rated_ids).values_list("pk", "name"))
     names = [config_names.get(pk, "—") for pk in model_ids]
     index = {pk: i for i, pk in enumerate(model_ids)}
-    data = lb.aggregate_weighted(
-        np.array([index[pk] for pk in battles[:, 0].tolist()], dtype=np.int64),
-        np.array([index[pk] for pk in battles[:, 1].tolist()], dtype=np.int64),
-        battles[:, 2],
-        battles[:, 6],
-        len(model_ids),
-    )
+    model_a = np.array([index[pk] for pk in battles[:, 0].tolist()], dtype=np.int64)
+    model_b = np.array([index[pk] for pk in battles[:, 1].tolist()], dtype=np.int64)
+    data = lb.aggregate_weighted(model_a, model_b, battles[:, 2], battles[:, COUNT], len(model_ids))
     table = lb.ratings_table(data, rounds=rounds, seed=seed)
+    # The same, resampling raters instead of battles (their votes are not independent): the honest interval
+    # when a few raters cast most of the votes.
+    clusters = lb.cluster_counts(data, model_a, model_b, battles[:, 2], battles[:, COUNT], battles[:, RATER])
+    rater_lower, rater_upper = lb.bt_bootstrap_clustered(data, clusters, rounds=rounds, seed=seed)
     matrix_battles, matrix_rate = lb.win_matrix(data)
     labels = {pk: (name, kind) for pk, name, kind in Label.objects.values_list("pk", "name", "kind")}
     return {
@@ -303,8 +315,9 @@ def leaderboard_compute(
         "rounds": rounds,
         "seed": seed,
         "battles": data.battles,
-        "review_battles": int(battles[battles[:, 4] == 1, 6].sum()),
-        "flagged_battles": int(all_battles[flagged, 6].sum()),
+        "review_battles": int(battles[battles[:, 4] == 1, COUNT].sum()),
+        "flagged_battles": int(all_battles[flagged, COUNT].sum()),
+        "raters": len(clusters),
         "ratings": [
             {
                 "rank": rank,
@@ -312,6 +325,8 @@ def leaderboard_compute(
                 "rating": row.rating,
                 "lower": row.lower,
                 "upper": row.upper,
+                "rater_lower": _finite(rater_lower[row.model]),
+                "rater_upper": _finite(rater_upper[row.model]),
                 "battles": row.battles,
                 "wins": row.wins,
                 "losses": row.losses,
@@ -381,7 +396,20 @@ def leaderboard_refresh_pending(study: Study, *, include_excluded: bool, include
 # --- downloads ------------------------------------------------------------------------------------
 
 CSV_COLUMNS: dict[str, tuple[str, ...]] = {
-    "ratings": ("rank", "model", "rating", "lower", "upper", "battles", "wins", "losses", "ties", "win_rate"),
+    "ratings": (
+        "rank",
+        "model",
+        "rating",
+        "lower",
+        "upper",
+        "rater_lower",
+        "rater_upper",
+        "battles",
+        "wins",
+        "losses",
+        "ties",
+        "win_rate",
+    ),  # fmt: skip
     "pairs": ("model_a", "model_b", "battles", "a_wins", "b_wins", "ties", "a_win_rate"),
     "depth": ("model", "turn", "battles", "score", "win_rate", "lower", "upper"),
     "rates": ("model", "kind", "label", "hits", "turns", "per_100", "lower", "upper", "baseline"),

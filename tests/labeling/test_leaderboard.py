@@ -116,6 +116,46 @@ def test_the_bootstrap_is_reproducible_with_its_seed():
     assert not np.array_equal(first[0], other[0])
 
 
+def _rater_battles(per_rater: list[tuple[int, int]]) -> tuple[lb.Aggregated, np.ndarray]:
+    """Model 0 against model 1: each rater's (wins of 0, wins of 1), as one row per battle; the aggregate and the
+    counts per rater."""
+    rows = [(0, 1, lb.A_WINS if k < wins0 else lb.B_WINS, rater)
+            for rater, (wins0, wins1) in enumerate(per_rater) for k in range(wins0 + wins1)]  # fmt: skip
+    a, b, outcome, rater = (np.array(column) for column in zip(*rows, strict=True))
+    data = lb.aggregate(a, b, outcome, 2)
+    return data, lb.cluster_counts(data, a, b, outcome, np.ones(len(a), dtype=np.int64), rater)
+
+
+def test_cluster_counts_split_the_aggregate_by_rater():
+    data, clusters = _rater_battles([(30, 0), (0, 30), (10, 10)])
+    assert clusters.shape == (3, 1, 3)
+    assert clusters[:, 0, :2].tolist() == [[30, 0], [0, 30], [10, 10]]
+    assert np.array_equal(clusters.sum(axis=0), data.counts)
+
+
+def test_resampling_raters_widens_the_interval_when_raters_disagree_among_themselves():
+    # Four raters each with a strong taste, two each way, 50 votes each: 100–100 in all. Resampling battles sees
+    # 200 independent votes (a narrow interval around 0); resampling raters sees four opinions (a wide one).
+    data, clusters = _rater_battles([(45, 5), (5, 45), (45, 5), (5, 45)])
+    battle_lower, battle_upper = lb.bt_bootstrap(data, rounds=300, seed=2)
+    rater_lower, rater_upper = lb.bt_bootstrap_clustered(data, clusters, rounds=300, seed=2)
+    assert (rater_upper - rater_lower)[0] > 3 * (battle_upper - battle_lower)[0]
+    point = lb.bt_ratings(data)
+    assert np.all(rater_lower <= point + 1e-6) and np.all(point <= rater_upper + 1e-6)
+    # Raters who agree with each other: the two intervals are alike.
+    same, same_clusters = _rater_battles([(25, 25)] * 4)
+    lower, upper = lb.bt_bootstrap_clustered(same, same_clusters, rounds=300, seed=2)
+    assert np.allclose(lower, upper)  # identical raters: every resample of them is the same 100 votes
+    battle_lower, battle_upper = lb.bt_bootstrap(same, rounds=300, seed=2)
+    assert (battle_upper - battle_lower)[0] > 0
+
+
+def test_resampling_raters_needs_two_of_them():
+    data, clusters = _rater_battles([(30, 10)])
+    lower, upper = lb.bt_bootstrap_clustered(data, clusters, rounds=50, seed=0)
+    assert np.isnan(lower).all() and np.isnan(upper).all()
+
+
 def test_ratings_table_records_and_win_matrix():
     battles = _battles((0, 1, lb.A_WINS, 6), (0, 1, lb.B_WINS, 2), (0, 1, lb.TIE, 2), (2, 1, lb.A_WINS, 1))
     rows = lb.ratings_table(battles, rounds=50)
@@ -301,6 +341,12 @@ def test_csv_and_json_downloads(arena, client, make_user):
     figures = client.get(url, {"format": "json"}).json()
     assert [r["model"] for r in figures["ratings"]][0] == "m1"
     assert figures["rounds"] == data.ROUNDS and figures["include_flagged"] is False
+    # Raters whose votes count (the live rater and the reviewer; not the excluded one): the second interval.
+    assert figures["raters"] == 2
+    assert all(
+        r["rater_lower"] is None or r["rater_lower"] <= r["rating"] + 1e-6 <= r["rater_upper"] + 2e-6
+        for r in figures["ratings"]
+    )
     response = client.get(url, {"format": "csv", "table": "ratings"})
     assert response["Content-Type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(response.content.decode())))
