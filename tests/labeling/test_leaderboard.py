@@ -387,3 +387,31 @@ def test_the_page_shows_the_cache_and_refresh_runs_the_task(
     assert response.status_code == 302 and response["Location"] == url
     assert sent == [("labeling.tasks.leaderboard_refresh_task", (study.pk, False, False))]
     assert client.get(url, {"format": "json"}).json()["battles"] == before["battles"] + 1
+
+
+def _luminance(hsl: str) -> float:
+    import colorsys
+    import re
+
+    hue, sat, light = (float(x) for x in re.findall(r"[\d.]+", hsl))
+    channels = colorsys.hls_to_rgb(hue / 360, light / 100, sat / 100)
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def test_heat_map_cells_keep_the_text_readable_at_0_and_100_percent():
+    from labeling.views.leaderboard import heat_map
+
+    figures = {
+        "ratings": [{"model": "x"}, {"model": "y"}],
+        "pairs": [{"model_a": "x", "model_b": "y", "a_win_rate": 1.0, "battles": 4}],
+    }
+    text = (
+        0.2126 * (0x1D / 255 / 12.92)
+        + 0.7152 * (((0x23 / 255 + 0.055) / 1.055) ** 2.4)
+        + 0.0722 * (((0x30 / 255 + 0.055) / 1.055) ** 2.4)
+    )  # the page's text colour, #1d2330
+    cells = [c for row in heat_map(figures)["rows"] for c in row["cells"] if c["rate"] is not None]
+    assert {c["rate"] for c in cells} == {0.0, 1.0}
+    for cell in cells:
+        assert (_luminance(cell["colour"]) + 0.05) / (text + 0.05) >= 4.5, cell["colour"]
