@@ -222,37 +222,45 @@ def _identity_check(turn: Turn) -> IdentityCheck | None:
 
 
 def _text_writer(mine: QuerySet[Turn], turn_id: int, attempt: int, *, identity: IdentityCheck | None = None) -> OnText:
-    """The backend's `on_text`: store the text so far and the heartbeat that keeps the lease, publish it to
-    the rater's stream (annotate.live), stamp the first token once, and say stop when this attempt no longer
-    holds the turn. Writes are coalesced: the first token at once, then at most one row write per
-    STREAM_WRITE_SECONDS (100 streaming replies cost ~1,000 UPDATEs a second, not one per token); the text
-    in between goes out with the next write, the last with the finish (`_finish`). With `identity`, the text is
-    written and streamed as it says (masked in arena studies): the rater never sees a model's own name."""
+    """The backend's `on_text`: send the text so far to the rater's stream, store it with the heartbeat that
+    keeps the lease, stamp the first token once, and say stop when this attempt no longer holds the turn.
+
+    Coalesced: the first token at once, then the rater gets the text at most every STREAM_WRITE_SECONDS. With
+    a feed (annotate.live) it goes out on Redis and the row is written only every STREAM_SAVE_SECONDS (a
+    reconnecting stream starts from the row and catches up at the next publish): 100 streaming replies cost
+    ~100 UPDATEs a second, not ~1,000 (or one per token). Without a feed the streams poll the row, so each send
+    is a write. The last text always goes with the finish (`_finish`). With `identity`, the text is written and
+    streamed as it says (masked in arena studies): the rater never sees a model's own name."""
+    save_every = settings.STREAM_WRITE_SECONDS
+    if settings.STREAM_REDIS_URL:  # the save keeps the lease: four times per lease at least
+        save_every = min(settings.STREAM_SAVE_SECONDS, settings.TURN_LEASE_SECONDS / 4)
     first_token_written = False
-    last_write = 0.0
+    last_sent = last_saved = 0.0
     held = True
     # Still one conditional UPDATE per write: it also matches nothing once the rater left the conversation.
     writes = mine.filter(conversation__status=Conversation.Status.ACTIVE)
 
     def on_text(text: str) -> bool:
-        nonlocal first_token_written, last_write, held
+        nonlocal first_token_written, last_sent, last_saved, held
         clock = time.monotonic()
-        if first_token_written and clock - last_write < settings.STREAM_WRITE_SECONDS:
+        if first_token_written and clock - last_sent < settings.STREAM_WRITE_SECONDS:
             return held
+        last_sent = clock
         now = timezone.now()
         if identity is not None:
             text = identity(text)[0]
-        fields: dict[str, object] = {"text": text, "heartbeat_at": now}
-        if not first_token_written:
-            fields["first_token_at"] = now
-            fields["note"] = ""  # the model is loaded: the text speaks for itself
-            first_token_written = True
-        last_write = clock
-        held = writes.update(**fields) == 1
-        if not held:  # taken over, or the rater left: only the latter is this attempt's to end
-            _stop_if_left(mine, turn_id)
-        connection_between_writes()
-        if held:
+        if not first_token_written or clock - last_saved >= save_every:
+            fields: dict[str, object] = {"text": text, "heartbeat_at": now}
+            if not first_token_written:
+                fields["first_token_at"] = now
+                fields["note"] = ""  # the model is loaded: the text speaks for itself
+                first_token_written = True
+            last_saved = clock
+            held = writes.update(**fields) == 1
+            if not held:  # taken over, or the rater left: only the latter is this attempt's to end
+                _stop_if_left(mine, turn_id)
+            connection_between_writes()
+        if held:  # between saves a takeover goes unseen for a moment: streams drop an older attempt's states
             live.publish(live.turn_state(id=turn_id, status=Turn.Status.STREAMING, text=text, heartbeat_at=now,
                                          attempt=attempt))  # fmt: skip
         return held

@@ -251,12 +251,16 @@ async def turn_events(turn_ids: list[int]) -> AsyncIterator[bytes]:
     read = sync_to_async(_states_read)
     turn_feed = feed()
     sent: dict[int, tuple[str, str, int, int | None]] = {}
+    latest_attempt: dict[int, int] = {}
     finished: set[int] = set()
     deadline = time.monotonic() + settings.STREAM_MAX_SECONDS
     yield b"retry: 1000\n\n"
 
     def changes(states: Iterable[dict[str, Any]]) -> Iterable[bytes]:
         for state in states:
+            if state["attempt"] < latest_attempt.get(state["id"], 0):
+                continue  # the last words of an attempt that was taken over (it learns so at its next save)
+            latest_attempt[state["id"]] = state["attempt"]
             key = (state["status"], state["text"], state["attempt"], state.get("ahead"))
             if state["id"] in turn_ids and sent.get(state["id"]) != key:
                 sent[state["id"]] = key

@@ -262,8 +262,12 @@ TURN_MAX_CRASHES = envint("TURN_MAX_CRASHES", 3)
 _BROKER = os.environ.get("CELERY_BROKER_URL", "")
 _REDIS_BROKER = _BROKER if _BROKER.startswith(("redis://", "rediss://")) else ""
 STREAM_REDIS_URL = os.environ.get("STREAM_REDIS_URL", os.environ.get("REDIS_URL") or _REDIS_BROKER)
-# A worker writes a streaming reply's row (and publishes it) at most this often; the finish always.
+# A worker sends a streaming reply's text to the rater at most this often (publishes it with a feed, else
+# writes the row the streams poll); the finish always.
 STREAM_WRITE_SECONDS = envfloat("STREAM_WRITE_SECONDS", 0.1)
+# With a feed, the row itself (text and the lease's heartbeat) is written once per this many seconds, at most a
+# quarter of TURN_LEASE_SECONDS whatever this says (the save keeps the lease).
+STREAM_SAVE_SECONDS = envfloat("STREAM_SAVE_SECONDS", 1.0)
 # How often a stream without a feed looks for new tokens.
 STREAM_POLL_SECONDS = envfloat("STREAM_POLL_SECONDS", 0.05)
 # A stream with nothing to say sends a comment this often (proxies and browsers keep it open) ...

@@ -409,7 +409,7 @@ def leave(conversation_id: int) -> None:
 def test_a_streaming_reply_stops_at_its_next_write_and_fails_when_the_rater_leaves(
     scripted, one_reply, monkeypatch, settings
 ):
-    settings.STREAM_WRITE_SECONDS = 0  # every piece is a write
+    settings.STREAM_WRITE_SECONDS = settings.STREAM_SAVE_SECONDS = 0  # every piece is a write
     server = scripted(slow_stream(lambda: server))
     reply = one_reply(server.base_url)
     writer = generation._text_writer
@@ -450,7 +450,7 @@ def test_a_waiting_reply_of_a_conversation_the_rater_left_is_not_sampled(scripte
 
 @pytest.mark.django_db
 def test_a_streamed_write_is_still_one_query_with_the_conversation_condition(one_reply, settings):
-    settings.STREAM_WRITE_SECONDS = 0
+    settings.STREAM_WRITE_SECONDS = settings.STREAM_SAVE_SECONDS = 0
     reply = one_reply("http://127.0.0.1:9/v1")
     attempt = generation.turn_claim(turn_id=reply.pk)
     assert attempt is not None
