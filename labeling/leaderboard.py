@@ -58,6 +58,14 @@ def aggregate(model_a: np.ndarray, model_b: np.ndarray, outcome: np.ndarray, n_m
     return aggregate_weighted(model_a, model_b, outcome, weights, n_models)
 
 
+def _cells(a: np.ndarray, b: np.ndarray, outcome: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each battle counts: the pair (i, j) with i < j, and the column, 0 if i won, 1 if j won, 2 for a tie
+    (a battle stored as (b, a) is swapped, and its winner with it)."""
+    swap = a > b
+    column = np.where(outcome >= TIE, 2, np.where((outcome == A_WINS) != swap, 0, 1))
+    return np.where(swap, b, a), np.where(swap, a, b), column
+
+
 def aggregate_weighted(
     model_a: np.ndarray, model_b: np.ndarray, outcome: np.ndarray, weight: np.ndarray, n_models: int
 ) -> Aggregated:
@@ -66,10 +74,7 @@ def aggregate_weighted(
     w = np.asarray(weight, dtype=np.int64)
     if np.any(a == b):
         raise ValueError("a battle needs two different models")
-    swap = a > b
-    i, j = np.where(swap, b, a), np.where(swap, a, b)
-    # Column 0: i won, 1: j won, 2: tie. A swapped battle's winner swaps with it.
-    column = np.where(o >= TIE, 2, np.where((o == A_WINS) != swap, 0, 1))
+    i, j, column = _cells(a, b, o)
     flat = np.bincount((i * n_models + j) * 3 + column, weights=w, minlength=n_models * n_models * 3)
     cells = flat.astype(np.int64).reshape(n_models * n_models, 3)
     seen = np.flatnonzero(cells.sum(axis=1))
@@ -162,9 +167,7 @@ def cluster_counts(
     the columns as `data.counts` (which they sum to). The rows are the same battles `data` was aggregated from."""
     a, b, o, w = (np.asarray(x, dtype=np.int64) for x in (model_a, model_b, outcome, weight))
     _, which = np.unique(np.asarray(cluster, dtype=np.int64), return_inverse=True)
-    swap = a > b
-    i, j = np.where(swap, b, a), np.where(swap, a, b)
-    column = np.where(o >= TIE, 2, np.where((o == A_WINS) != swap, 0, 1))
+    i, j, column = _cells(a, b, o)
     lookup = np.full(data.n_models * data.n_models, -1, dtype=np.int64)
     lookup[data.pairs[:, 0] * data.n_models + data.pairs[:, 1]] = np.arange(len(data.pairs))
     out = np.zeros((int(which.max()) + 1 if len(which) else 0, len(data.pairs), 3), dtype=np.int64)

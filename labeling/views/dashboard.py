@@ -18,6 +18,7 @@ from annotate.models import Conversation, Study
 from core.http import AppRequest
 from labeling import services
 from labeling.dashboard import GroundingRate, dashboard_from_json, dashboard_snapshot, labels_by_kind
+from labeling.views.access import researcher_only
 
 # Geometry of the bar chart, in SVG user units (the SVG scales to the page width).
 CHART_WIDTH, LABEL_WIDTH, BAR_HEIGHT, GAP, TOP = 640, 200, 22, 10, 8
@@ -59,10 +60,6 @@ def rate_bars(models: list[GroundingRate], baseline: GroundingRate) -> tuple[lis
     return bars, line_x, TOP * 2 + len(bars) * (BAR_HEIGHT + GAP)
 
 
-# The custom permission on Study (annotate/models.py) that opens every study's dashboard.
-DASHBOARD_PERMISSION = "annotate.view_study_dashboard"
-
-
 def dashboard_max_age_seconds() -> int:
     """A snapshot older than this (settings.DASHBOARD_MAX_AGE_SECONDS) is refreshed in the background when the
     page is viewed (and still shown)."""
@@ -72,20 +69,6 @@ def dashboard_max_age_seconds() -> int:
 # With no snapshot yet, a study this small is computed on the request (about a second); a larger one waits for
 # the worker while the page polls.
 DASHBOARD_INLINE_MAX_CONVERSATIONS = 500
-
-
-def _forbidden(request: HttpRequest) -> HttpResponse | None:
-    """The 403 page (templates/403.html, in the site's layout) saying which permission is missing, for anyone but
-    superusers and users granted `annotate.view_study_dashboard` (being staff is not enough); None for them.
-    Answered, not raised: a PermissionDenied would be logged with its traceback, and a rater who followed a
-    link is no server error."""
-    if request.user.has_perm(DASHBOARD_PERMISSION):
-        return None
-    message = (
-        "The study dashboard is for researchers: it needs the permission “Can view the study dashboard”, "
-        "which your account does not have."
-    )
-    return render(request, "403.html", {"exception": message}, status=403)
 
 
 def _dashboard_url(slug: str, include_excluded: bool) -> str:
@@ -100,7 +83,7 @@ def study_dashboard(request: AppRequest, slug: str) -> HttpResponse:
     are as of. A snapshot older than `dashboard_max_age_seconds()` is refreshed in the background; with none yet,
     a small study is computed now, a larger one shows "Computing the figures…" and polls (htmx) until the
     worker has stored them."""
-    if (refused := _forbidden(request)) is not None:
+    if (refused := researcher_only(request, "The study dashboard")) is not None:
         return refused
     study = get_object_or_404(Study, slug=slug)
     # Excluded raters' work is left out unless asked for (?include_excluded=1): a snapshot of its own.
@@ -147,7 +130,7 @@ def study_dashboard(request: AppRequest, slug: str) -> HttpResponse:
 def dashboard_refresh(request: HttpRequest, slug: str) -> HttpResponse:
     """The page's "Refresh now": ask the worker for fresh figures (deduped: a repeat within seconds sends
     nothing) and go back to the page. Same permission as the page."""
-    if (refused := _forbidden(request)) is not None:
+    if (refused := researcher_only(request, "The study dashboard")) is not None:
         return refused
     study = get_object_or_404(Study, slug=slug)
     include_excluded = request.POST.get("include_excluded") == "1"

@@ -19,9 +19,7 @@ from django_htmx.http import HttpResponseClientRefresh
 from annotate.models import Comparison, Study
 from core.http import AppRequest
 from labeling import leaderboard_data as data
-
-# The custom permission on Study that opens every study's dashboard, and so its leaderboard.
-PERMISSION = "annotate.view_study_dashboard"
+from labeling.views.access import researcher_only
 
 # With nothing cached, a study with fewer votes than this is computed on the request (a second or two: the
 # bootstrap dominates); a larger one waits for the worker while the page polls.
@@ -29,17 +27,6 @@ INLINE_MAX_VOTES = 20_000
 
 # Chart geometry, in SVG user units (the SVG scales to the page width).
 WIDTH, LABEL_WIDTH, ROW, TOP = 640, 200, 26, 24
-
-
-def _forbidden(request: HttpRequest) -> HttpResponse | None:
-    """403 (answered, not raised) for anyone but superusers and holders of the dashboard permission."""
-    if request.user.has_perm(PERMISSION):
-        return None
-    message = (
-        "The leaderboard is for researchers: it needs the permission “Can view the study dashboard”, "
-        "which your account does not have."
-    )
-    return render(request, "403.html", {"exception": message}, status=403)
 
 
 def _options(query: Any) -> tuple[bool, bool]:
@@ -134,7 +121,7 @@ def depth_table(figures: dict[str, Any]) -> dict[str, Any]:
 def leaderboard(request: AppRequest, slug: str) -> HttpResponse:
     """The leaderboard from the cached figures; `?format=json` or `?format=csv&table=…` downloads them. With
     nothing cached yet, a small study is computed now, a larger one shows "Computing…" and polls."""
-    if (refused := _forbidden(request)) is not None:
+    if (refused := researcher_only(request, "The leaderboard")) is not None:
         return refused
     study = get_object_or_404(Study, slug=slug)
     include_excluded, include_flagged = _options(request.GET)
@@ -186,7 +173,7 @@ def _answer(request: HttpRequest, study: Study, figures: dict[str, Any], options
 @login_required
 def leaderboard_refresh(request: HttpRequest, slug: str) -> HttpResponse:
     """ "Refresh now": ask the worker for fresh figures (one task while one is pending) and go back to the page."""
-    if (refused := _forbidden(request)) is not None:
+    if (refused := researcher_only(request, "The leaderboard")) is not None:
         return refused
     study = get_object_or_404(Study, slug=slug)
     include_excluded, include_flagged = _options(request.POST)
