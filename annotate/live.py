@@ -26,10 +26,12 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.db.models import Q
 
 from annotate.models import Turn
+from core.db import database_unavailable
+from core.middleware import RETRY_AFTER_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +246,31 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: keeps proxies and the browser from closing an idle stream
 
 
+# Sent before a stream ends early because the database could not be read (no free connection, a restart): the
+# browser's EventSource reconnects after this many milliseconds, as a 503's Retry-After would say.
+RETRY_LATER = f"retry: {RETRY_AFTER_SECONDS * 1000}\n\n".encode()
+
+
 async def turn_events(turn_ids: list[int]) -> AsyncIterator[bytes]:
     """Server-sent events for these turns: each change of status or text as a `turn` event, a comment every
     STREAM_KEEPALIVE_SECONDS of silence, and `end` once all are finished. Starts from the rows (a browser that
-    reconnects gets the current text at once), then follows the feed, or polls the rows without one."""
+    reconnects gets the current text at once), then follows the feed, or polls the rows without one.
+
+    A database that cannot be read now ends the stream cleanly with RETRY_LATER: the headers are sent, so it
+    can no longer be a 503, and an exception here would cut the response off mid-chunk (an aborted download
+    and a traceback for what is only a busy or restarting database). The browser reconnects and starts again
+    from the rows."""
+    try:
+        async for chunk in _turn_events(turn_ids):
+            yield chunk
+    except DatabaseError as exc:
+        if not database_unavailable(exc):
+            raise  # a wrong query is a bug: let it show
+        log.warning("Stream of turns %s ended early, the database is unavailable: %s", turn_ids, exc)
+        yield RETRY_LATER
+
+
+async def _turn_events(turn_ids: list[int]) -> AsyncIterator[bytes]:
     read = sync_to_async(_states_read)
     turn_feed = feed()
     sent: dict[int, tuple[str, str, int, int | None]] = {}

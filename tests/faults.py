@@ -1,5 +1,6 @@
 """A PostgreSQL cluster of a test's own (initdb into a temporary directory, a spare port), so a test can
-restart the database or starve it of connections without touching the machine's shared server.
+restart the database or starve it of connections without touching the machine's shared server; and a TCP proxy
+that a test can cut, so the processes behind it lose the database while the test itself keeps it.
 
 PostgreSQL refuses to run as root: as root the cluster belongs to the `postgres` user (runuser)."""
 
@@ -10,8 +11,10 @@ import glob
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -72,3 +75,64 @@ class PrivatePostgres:
         with contextlib.suppress(subprocess.CalledProcessError):  # not running
             self.stop(mode="immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class TcpProxy:
+    """Forwards a spare port on 127.0.0.1 to `target_port`. `cut()` drops every connection and refuses new ones,
+    as a database that went away would (what the processes started on `port` see); `resume()` listens again."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.port = free_port()
+        self.target = (target_host, target_port)
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listening: threading.Event | None = None
+        self.resume()
+
+    def resume(self) -> None:
+        server = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR: the same port again
+        server.settimeout(0.1)
+        self._listening = listening = threading.Event()
+        listening.set()
+        threading.Thread(target=self._accept, args=(server, listening), daemon=True).start()
+
+    def _accept(self, server: socket.socket, listening: threading.Event) -> None:
+        with server:
+            while listening.is_set():
+                try:
+                    client, _ = server.accept()
+                except TimeoutError:
+                    continue
+                try:
+                    upstream = socket.create_connection(self.target, timeout=5)
+                except OSError:
+                    client.close()
+                    continue
+                client.settimeout(None)
+                upstream.settimeout(None)
+                with self._lock:
+                    self._sockets += [client, upstream]
+                for source, sink in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        if self._listening is not None:
+            self._listening.clear()
+            self._listening = None
+        with self._lock:
+            cut, self._sockets = self._sockets, []
+        for sock in cut:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        time.sleep(0.3)  # the accept loop notices within its 0.1 s timeout and closes the port
+
+    close = cut

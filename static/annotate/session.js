@@ -3,6 +3,8 @@
 (function () {
   "use strict";
   let source = null;
+  // How long to wait before opening a stream the server refused (as its 503's Retry-After: core.middleware).
+  const STREAM_RETRY_MS = 5000;
 
   const STATE = { pending: "waiting for a worker…", streaming: "writing…", done: "", failed: "failed" };
 
@@ -66,6 +68,14 @@
       source.close();
       source = null;
       refreshSession();
+    });
+    // EventSource reconnects by itself after a dropped connection or a stream the server ended early, but gives
+    // up for good on an HTTP error (a 503 while the database is busy or restarting): try again, as Retry-After says.
+    const mine = source;
+    mine.addEventListener("error", function () {
+      if (mine.readyState !== EventSource.CLOSED || source !== mine) return;
+      source = null;
+      window.setTimeout(connectStream, STREAM_RETRY_MS);
     });
   }
 

@@ -27,6 +27,9 @@ from django.utils import timezone
 
 from annotate import generation, live, selectors, services
 from annotate.models import Conversation, Turn
+from core.middleware import RETRY_AFTER_SECONDS
+from tests.faults import TcpProxy
+from tests.helpers import child_database_url
 from tests.processes import wait_until
 
 LONG = 800  # tokens on the tiny model: long enough to be interrupted midway
@@ -256,6 +259,60 @@ def test_open_streams_hold_no_database_connection_and_get_every_update_by_pub_su
         assert events[-1]["event"] == "end"
         assert any(e["event"] == "turn" and e["text"] == "Which kind" for e in events)
         assert not any(e["event"] == "turn" and e["text"] == "Stale words" for e in events)
+
+
+@pytest.mark.parametrize("with_feed", [False, True], ids=["polling", "feed"])
+def test_a_stream_that_loses_the_database_ends_cleanly_and_resumes_when_it_is_back(
+    with_feed, start_server, make_conversation, make_user, tmp_path
+):
+    if with_feed and not settings.STREAM_REDIS_URL:
+        pytest.skip("needs Redis for the feed (make test provides it)")
+    if connection.vendor != "postgresql":
+        pytest.skip("the proxy stands between the web server and PostgreSQL (make test provides it)")
+    rater = make_user("streamer")
+    conversation = make_conversation(rater=rater)
+    a, b = selectors.candidates_of(services.message_send(conversation=conversation, text="Hello there"))
+    client = Client()
+    client.force_login(rater)
+    cookies = {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
+    db = settings.DATABASES["default"]
+    proxy = TcpProxy(int(db["PORT"] or 5432), db["HOST"] or "127.0.0.1")  # the web server's way to the database
+    try:
+        through_proxy = child_database_url().replace(f":{db['PORT'] or 5432}/", f":{proxy.port}/", 1)
+        feed = {} if with_feed else {"STREAM_REDIS_URL": ""}
+        base = start_server(DATABASE_URL=through_proxy, DB_POOL="0", STREAM_QUEUE_SECONDS="0.3", **feed)
+        url = f"{base}{reverse('annotate:stream', args=[conversation.pk])}"
+        with requests.get(url, cookies=cookies, stream=True, timeout=30) as response:
+            response.raise_for_status()
+            lines = response.iter_lines(decode_unicode=True)
+            before = [line for line, _ in zip(lines, range(6), strict=False)]  # retry, then two turn events
+            assert sum(line == "event: turn" for line in before) == 2
+            # The database goes away under the open stream: its next read fails
+            proxy.cut()
+            after = list(lines)  # the response ends: no ChunkedEncodingError (an aborted chunked body)
+        assert after[-2:] == [f"retry: {RETRY_AFTER_SECONDS * 1000}", ""]  # reconnect later, as a 503 would say
+        assert "event: end" not in after
+        log = (tmp_path / "web.log").read_text()
+        assert "ended early, the database is unavailable" in log and "Exception in ASGI application" not in log
+
+        # A stream opened while the database is away is refused as busy (session.js tries again after 5 s)
+        refused = requests.get(url, cookies=cookies, timeout=30)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+
+        # Back: the stream starts from the rows and follows the replies to their end
+        proxy.resume()
+        events: list[dict[str, Any]] = []
+        reader = threading.Thread(target=_sse_reader, args=(url, cookies, events, []), daemon=True)
+        reader.start()
+        wait_until(lambda: len(events) >= 2, timeout=30, what="the current states again")
+        for turn in (a, b):
+            assert generation.turn_claim(turn_id=turn.pk) is not None
+            generation._finish(Turn.objects.filter(pk=turn.pk, status="streaming"), turn.pk, _result("Which one?"))
+        reader.join(timeout=20)
+        assert events[-1]["event"] == "end"
+        assert {e["id"]: e["status"] for e in events if e["event"] == "turn"} == {a.pk: "done", b.pk: "done"}
+    finally:
+        proxy.close()
 
 
 def _result(text: str) -> Any:

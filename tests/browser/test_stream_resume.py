@@ -1,5 +1,5 @@
-"""Streams resume in the browser (issue 11): the web server goes away while the rater's replies are waiting, comes
-back on the same address, and the page (never reloaded) shows the replies stream in and the vote open."""
+"""Streams resume in the browser (issue 11): the web server, or its database, goes away while the rater's replies
+are waiting and comes back, and the page (never reloaded) shows the replies stream in and the vote open."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 
 from annotate.models import Turn
 from tests.browser.test_rater_session import send_message, wait_until_votable
-from tests.helpers import PASSWORD, child_env, log_in
-from tests.processes import ChildProcess, free_port
+from tests.faults import TcpProxy
+from tests.helpers import PASSWORD, child_database_url, child_env, log_in
+from tests.processes import ChildProcess, free_port, wait_until
 
 pytestmark = [pytest.mark.browser]
 
 
-def web_on(port: int, log_dir: Path) -> ChildProcess:
+def web_on(port: int, log_dir: Path, **env: str) -> ChildProcess:
     argv = [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port)]
-    child = ChildProcess("web", argv, child_env(DJANGO_ALLOW_ASYNC_UNSAFE=""), log_dir)
+    child = ChildProcess("web", argv, child_env(DJANGO_ALLOW_ASYNC_UNSAFE="", **env), log_dir)
     child.wait_for("Application startup complete", timeout=60)
     return child
 
@@ -62,3 +64,50 @@ def test_a_waiting_page_resumes_its_stream_after_the_web_server_restarts(
             second.stop()
     finally:
         first.stop()
+
+
+def test_a_waiting_page_resumes_its_stream_after_its_database_was_away(
+    start_worker: Any, tiny_config: Any, make_study: Any, make_user: Any, browser_page: Any, tmp_path: Path
+) -> None:
+    """The stream ends early when the database goes (retry later), its reconnection is refused with a 503 while
+    the database is still away (EventSource gives up on an HTTP error: session.js tries again), and the page
+    catches up once it is back."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        pytest.skip("the proxy stands between the web server and PostgreSQL (make test provides it)")
+    config = tiny_config(max_new_tokens=200, min_new_tokens=200, temperature=0)
+    study = make_study(configs=[config], candidates_per_turn=2)
+    rater = make_user(password=PASSWORD)
+    proxy = TcpProxy(int(db["PORT"] or 5432), db["HOST"] or "127.0.0.1")
+    through_proxy = child_database_url().replace(f":{db['PORT'] or 5432}/", f":{proxy.port}/", 1)
+    port = free_port()
+    web = web_on(port, tmp_path, DATABASE_URL=through_proxy, DB_POOL="0", STREAM_QUEUE_SECONDS="0.5")
+    base = f"http://127.0.0.1:{port}"
+    page = browser_page.page
+    try:
+        log_in(page, base, rater.username)
+        page.goto(f"{base}/")
+        page.locator(f"#start-{study.slug}").click()
+        page.wait_for_url(re.compile(r"/c/\d+/$"))
+        cards = send_message(page, "Hello there")
+        page.evaluate("window.__sameDocument = true")  # gone if the page were reloaded
+        assert "waiting for a worker" in page.locator(f"#{cards[0]['dom']} .state").inner_text()
+
+        # When the database goes away under the open stream, and is still away when the browser comes back
+        proxy.cut()
+        wait_until(lambda: "ended early, the database is unavailable" in web.output(), timeout=30, what="the end")
+        wait_until(lambda: re.search(r"GET /c/\d+/stream/ HTTP/1.1\" 503", web.output()), timeout=30, what="503")
+        # ... then comes back, and a worker takes the replies
+        proxy.resume()
+        start_worker(concurrency=1)
+
+        # Then the page opens its stream again by itself and shows the replies through to the open vote
+        wait_until_votable(page, timeout_s=120)
+        assert page.evaluate("window.__sameDocument") is True
+        for card in cards:
+            shown = page.locator(f"#{card['dom']} .cand-text").inner_text().strip()
+            assert shown and shown == Turn.objects.get(pk=card["pk"]).text.strip()
+        assert "Exception in ASGI application" not in web.output()
+    finally:
+        web.stop()
+        proxy.close()
