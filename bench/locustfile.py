@@ -424,13 +424,15 @@ class Rater(FastHttpUser):
         }
         _shown(form, html)
         key = form["idempotency_key"]
-        votes_in_flight.add(key)  # a vote cut off by the end of the run may be stored without an answer
+        # A vote cut off by the end of the run (the greenlet killed while it waits) may be stored without an answer:
+        # it stays in flight. Only an answer takes it out.
+        votes_in_flight.add(key)
         try:
             response = self._resend("POST", f"/c/{pk}/vote/", "vote", data=form, htmx=True)
         except Refused:
+            votes_in_flight.discard(key)
             votes_unacknowledged.append(key)
             raise
-        finally:
-            votes_in_flight.discard(key)
+        votes_in_flight.discard(key)
         votes_acknowledged.append(key)
         return response.text or ""
