@@ -299,7 +299,7 @@ class Stack:
         worker = [py, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO"]
         commands = {
             "web": [py, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-                    "--no-access-log", "--workers", str(args.web_workers)],
+                    "--no-access-log", "--workers", str(args.web_workers), "--timeout-keep-alive", "75"],
             "generation": [*worker, "-Q", generation, "-c", str(args.concurrency), "-n", "generation@%h",
                            *(["-P", args.pool] if args.pool else [])],
             "side": [*worker, "-Q", side, "-c", str(args.side_concurrency), "-n", "side@%h", "-B"],

@@ -57,6 +57,10 @@ SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header[0], _proxy_ssl_header[1]) if _proxy
 # Proxies in front of the app that append to X-Forwarded-For (0: use the connection's address). The
 # client address is what login throttling counts failures by.
 TRUSTED_PROXY_COUNT = envint("TRUSTED_PROXY_COUNT", 0)
+# How long `serve`'s web server keeps an idle keep-alive connection (uvicorn's own default is 5 s). It must outlast
+# the client's idle time (a rater thinking, a proxy's upstream pool), so the client always closes first: a server
+# that closes a socket just as a request is sent on it drops that request ("HTTP 0", an empty reply).
+WEB_KEEPALIVE_SECONDS = envint("WEB_KEEPALIVE_SECONDS", 75)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

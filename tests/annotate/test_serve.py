@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
 import psutil
 import pytest
+from django.conf import settings
 from django.db import connection
 
 from annotate.management.commands.serve import (
@@ -76,6 +79,25 @@ def test_serve_runs_generation_model_server_and_suggestions_exports_workers_with
     assert list(process_commands(host="h", port=1, web_workers=1, concurrency=1, side_concurrency=1, worker=False)) == [
         "web"
     ]
+
+
+def test_the_web_server_keeps_an_idle_connection_longer_than_a_rater_thinks(tmp_path):
+    """uvicorn closes an idle keep-alive connection after 5 s unless told otherwise; a rater thinks 3-8 s between
+    a vote and the next message, and a request sent just as the server closes its socket is lost (HTTP 0)."""
+    port = free_port()
+    web = process_commands(host="127.0.0.1", port=port, web_workers=1, concurrency=1, side_concurrency=1, worker=False)
+    argv = web["web"]
+    assert int(argv[argv.index("--timeout-keep-alive") + 1]) == settings.WEB_KEEPALIVE_SECONDS >= 60
+    server = ChildProcess("web", argv, child_env(), tmp_path)
+    try:
+        server.wait_for("Application startup complete", timeout=60)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            for _ in range(2):  # one socket: the second request comes after longer than uvicorn's own 5 s
+                sock.sendall(b"GET /favicon.ico HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 302")
+                time.sleep(6)
+    finally:
+        server.stop()
 
 
 def test_models_are_preloaded_in_the_generation_worker_only_and_workers_run_without_the_pool():

@@ -130,6 +130,8 @@ def process_commands(
             "--no-access-log",
             "--workers",
             str(web_workers),
+            "--timeout-keep-alive",
+            str(settings.WEB_KEEPALIVE_SECONDS),
         ],  # fmt: skip
     }
     if worker:
