@@ -18,6 +18,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+from django.conf import settings
+
+from tests.helpers import child_database_url
 from tests.processes import free_port
 
 
@@ -136,3 +140,14 @@ class TcpProxy:
         time.sleep(0.3)  # the accept loop notices within its 0.1 s timeout and closes the port
 
     close = cut
+
+
+def database_proxy() -> tuple[TcpProxy, str]:
+    """A TcpProxy to the test database and the DATABASE_URL through it, for a child process (a web server) whose
+    database the test can take away; skips the test off PostgreSQL."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        pytest.skip("the proxy stands between the web server and PostgreSQL (make test provides it)")
+    port = int(db["PORT"] or 5432)
+    proxy = TcpProxy(port, db["HOST"] or "127.0.0.1")
+    return proxy, child_database_url().replace(f":{port}/", f":{proxy.port}/", 1)

@@ -28,8 +28,7 @@ from django.utils import timezone
 from annotate import generation, live, selectors, services
 from annotate.models import Conversation, Turn
 from core.middleware import RETRY_AFTER_SECONDS
-from tests.faults import TcpProxy
-from tests.helpers import child_database_url
+from tests.faults import database_proxy
 from tests.processes import wait_until
 
 LONG = 800  # tokens on the tiny model: long enough to be interrupted midway
@@ -267,18 +266,14 @@ def test_a_stream_that_loses_the_database_ends_cleanly_and_resumes_when_it_is_ba
 ):
     if with_feed and not settings.STREAM_REDIS_URL:
         pytest.skip("needs Redis for the feed (make test provides it)")
-    if connection.vendor != "postgresql":
-        pytest.skip("the proxy stands between the web server and PostgreSQL (make test provides it)")
     rater = make_user("streamer")
     conversation = make_conversation(rater=rater)
     a, b = selectors.candidates_of(services.message_send(conversation=conversation, text="Hello there"))
     client = Client()
     client.force_login(rater)
     cookies = {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
-    db = settings.DATABASES["default"]
-    proxy = TcpProxy(int(db["PORT"] or 5432), db["HOST"] or "127.0.0.1")  # the web server's way to the database
+    proxy, through_proxy = database_proxy()  # the web server's way to the database
     try:
-        through_proxy = child_database_url().replace(f":{db['PORT'] or 5432}/", f":{proxy.port}/", 1)
         feed = {} if with_feed else {"STREAM_REDIS_URL": ""}
         base = start_server(DATABASE_URL=through_proxy, DB_POOL="0", STREAM_QUEUE_SECONDS="0.3", **feed)
         url = f"{base}{reverse('annotate:stream', args=[conversation.pk])}"

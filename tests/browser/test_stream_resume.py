@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 
 from annotate.models import Turn
 from tests.browser.test_rater_session import send_message, wait_until_votable
-from tests.faults import TcpProxy
-from tests.helpers import PASSWORD, child_database_url, child_env, log_in
+from tests.faults import database_proxy
+from tests.helpers import PASSWORD, child_env, log_in
 from tests.processes import ChildProcess, free_port, wait_until
 
 pytestmark = [pytest.mark.browser]
@@ -25,6 +24,28 @@ def web_on(port: int, log_dir: Path, **env: str) -> ChildProcess:
     child = ChildProcess("web", argv, child_env(DJANGO_ALLOW_ASYNC_UNSAFE="", **env), log_dir)
     child.wait_for("Application startup complete", timeout=60)
     return child
+
+
+def waiting_page(page: Any, base: str, rater: Any, study: Any) -> list[dict[str, Any]]:
+    """Log in, start the study and send a message with no worker running: the replies wait, and the page says so.
+    Returns the candidate cards; `window.__sameDocument` is gone if the page is ever reloaded."""
+    log_in(page, base, rater.username)
+    page.goto(f"{base}/")
+    page.locator(f"#start-{study.slug}").click()
+    page.wait_for_url(re.compile(r"/c/\d+/$"))
+    cards = send_message(page, "Hello there")
+    page.evaluate("window.__sameDocument = true")
+    assert "waiting for a worker" in page.locator(f"#{cards[0]['dom']} .state").inner_text()
+    return cards
+
+
+def shows_the_replies_without_a_reload(page: Any, cards: list[dict[str, Any]]) -> None:
+    """The page's stream reconnected by itself and showed every reply through to the open vote."""
+    wait_until_votable(page, timeout_s=120)
+    assert page.evaluate("window.__sameDocument") is True
+    for card in cards:
+        shown = page.locator(f"#{card['dom']} .cand-text").inner_text().strip()
+        assert shown and shown == Turn.objects.get(pk=card["pk"]).text.strip()
 
 
 def test_a_waiting_page_resumes_its_stream_after_the_web_server_restarts(
@@ -38,14 +59,7 @@ def test_a_waiting_page_resumes_its_stream_after_the_web_server_restarts(
     base = f"http://127.0.0.1:{port}"
     page = browser_page.page
     try:
-        log_in(page, base, rater.username)
-        page.goto(f"{base}/")
-        page.locator(f"#start-{study.slug}").click()
-        page.wait_for_url(re.compile(r"/c/\d+/$"))
-        cards = send_message(page, "Hello there")
-        page.evaluate("window.__sameDocument = true")  # gone if the page were reloaded
-        # No worker yet: the replies wait, and the page says so
-        assert "waiting for a worker" in page.locator(f"#{cards[0]['dom']} .state").inner_text()
+        cards = waiting_page(page, base, rater, study)
 
         # When the web server goes away and comes back on the same address
         first.stop()
@@ -55,11 +69,7 @@ def test_a_waiting_page_resumes_its_stream_after_the_web_server_restarts(
             start_worker(concurrency=1)
 
             # Then the page's stream reconnects by itself and shows them through to the open vote
-            wait_until_votable(page, timeout_s=120)
-            assert page.evaluate("window.__sameDocument") is True
-            for card in cards:
-                shown = page.locator(f"#{card['dom']} .cand-text").inner_text().strip()
-                assert shown and shown == Turn.objects.get(pk=card["pk"]).text.strip()
+            shows_the_replies_without_a_reload(page, cards)
         finally:
             second.stop()
     finally:
@@ -72,26 +82,16 @@ def test_a_waiting_page_resumes_its_stream_after_its_database_was_away(
     """The stream ends early when the database goes (retry later), its reconnection is refused with a 503 while
     the database is still away (EventSource gives up on an HTTP error: session.js tries again), and the page
     catches up once it is back."""
-    db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.postgresql":
-        pytest.skip("the proxy stands between the web server and PostgreSQL (make test provides it)")
     config = tiny_config(max_new_tokens=200, min_new_tokens=200, temperature=0)
     study = make_study(configs=[config], candidates_per_turn=2)
     rater = make_user(password=PASSWORD)
-    proxy = TcpProxy(int(db["PORT"] or 5432), db["HOST"] or "127.0.0.1")
-    through_proxy = child_database_url().replace(f":{db['PORT'] or 5432}/", f":{proxy.port}/", 1)
+    proxy, through_proxy = database_proxy()
     port = free_port()
     web = web_on(port, tmp_path, DATABASE_URL=through_proxy, DB_POOL="0", STREAM_QUEUE_SECONDS="0.5")
     base = f"http://127.0.0.1:{port}"
     page = browser_page.page
     try:
-        log_in(page, base, rater.username)
-        page.goto(f"{base}/")
-        page.locator(f"#start-{study.slug}").click()
-        page.wait_for_url(re.compile(r"/c/\d+/$"))
-        cards = send_message(page, "Hello there")
-        page.evaluate("window.__sameDocument = true")  # gone if the page were reloaded
-        assert "waiting for a worker" in page.locator(f"#{cards[0]['dom']} .state").inner_text()
+        cards = waiting_page(page, base, rater, study)
 
         # When the database goes away under the open stream, and is still away when the browser comes back
         proxy.cut()
@@ -102,11 +102,7 @@ def test_a_waiting_page_resumes_its_stream_after_its_database_was_away(
         start_worker(concurrency=1)
 
         # Then the page opens its stream again by itself and shows the replies through to the open vote
-        wait_until_votable(page, timeout_s=120)
-        assert page.evaluate("window.__sameDocument") is True
-        for card in cards:
-            shown = page.locator(f"#{card['dom']} .cand-text").inner_text().strip()
-            assert shown and shown == Turn.objects.get(pk=card["pk"]).text.strip()
+        shows_the_replies_without_a_reload(page, cards)
         assert "Exception in ASGI application" not in web.output()
     finally:
         web.stop()
