@@ -299,7 +299,7 @@ class Stack:
         worker = [py, "-m", "celery", "-A", "workers", "worker", "--loglevel", "INFO"]
         commands = {
             "web": [py, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-                    "--no-access-log", "--workers", str(args.web_workers), "--timeout-keep-alive", "75"],
+                    "--no-access-log", "--workers", str(args.web_workers), "--timeout-keep-alive", KEEPALIVE],
             "generation": [*worker, "-Q", generation, "-c", str(args.concurrency), "-n", "generation@%h",
                            *(["-P", args.pool] if args.pool else [])],
             "side": [*worker, "-Q", side, "-c", str(args.side_concurrency), "-n", "side@%h", "-B"],
@@ -535,6 +535,9 @@ def drain(args: argparse.Namespace, slug: str) -> tuple[float, dict[str, int]]:
         time.sleep(1.0)
 
 
+# The direct stack's web server keeps idle connections as `serve` does (settings.WEB_KEEPALIVE_SECONDS, same variable
+# and default; this script never imports Django).
+KEEPALIVE = os.environ.get("WEB_KEEPALIVE_SECONDS", "75")
 LOGIN_TIMEOUT = 600  # seconds the raters of a step may take to log in before the window opens anyway
 
 
